@@ -1,0 +1,102 @@
+"""Settings, read from the environment.
+
+Everything msgtrack keeps on disk lives under ``MSGTRACK_HOME`` (default
+``./msgtrack-data``) so that ``msgtrack ingest`` run with the same home finds what
+``msgtrack tracking-server`` wrote. The database defaults to a SQLite file there;
+``MSGTRACK_DB`` takes a ``postgresql://user:password@host:port/dbname`` URL instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_url: str
+    tracking_url: str
+    mail_domain: str
+    default_from: str
+    bounce_domain: str
+    unsubscribe_mailbox: str | None
+    exclude_urls: tuple[str, ...]
+    # Event log: fsync group interval and segment rotation.
+    fsync_interval: float = 0.2
+    segment_max_bytes: int = 64 * 1024 * 1024
+    segment_max_age: float = 3600.0
+    # Sending.
+    send_lease_seconds: float = 30.0
+    retry_delays: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0)
+    max_message_bytes: int = 10 * 1024 * 1024
+    max_render_seconds: float = 2.0
+    ingest_interval: float = 3.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # Paths under the home, one place so every process agrees.
+    @property
+    def keys_file(self) -> Path:
+        return self.home / "keys.json"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.home / "events"
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.home / "rejects"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "urls"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.home / "outbox"
+
+    @property
+    def is_https(self) -> bool:
+        return self.tracking_url.lower().startswith("https://")
+
+
+def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
+    """Read settings from the environment (``home`` overrides ``MSGTRACK_HOME``)."""
+    home_path = Path(home or os.environ.get("MSGTRACK_HOME") or "msgtrack-data").absolute()
+    db_url = os.environ.get("MSGTRACK_DB") or f"sqlite:///{home_path / 'msgtrack.db'}"
+    tracking_url = (os.environ.get("MSGTRACK_TRACKING_URL") or "http://127.0.0.1:8080").rstrip("/")
+    mail_domain = os.environ.get("MSGTRACK_MAIL_DOMAIN") or "msgtrack.localhost"
+    retry = os.environ.get("MSGTRACK_RETRY_DELAYS")
+    return Settings(
+        home=home_path,
+        db_url=db_url,
+        tracking_url=tracking_url,
+        mail_domain=mail_domain,
+        default_from=os.environ.get("MSGTRACK_FROM") or f"msgtrack@{mail_domain}",
+        bounce_domain=os.environ.get("MSGTRACK_BOUNCE_DOMAIN") or mail_domain,
+        unsubscribe_mailbox=os.environ.get("MSGTRACK_UNSUBSCRIBE_MAILBOX") or None,
+        exclude_urls=tuple((os.environ.get("MSGTRACK_EXCLUDE_URLS") or "").split()),
+        fsync_interval=_float("MSGTRACK_FSYNC_INTERVAL", 0.2),
+        segment_max_bytes=_int("MSGTRACK_SEGMENT_MAX_BYTES", 64 * 1024 * 1024),
+        segment_max_age=_float("MSGTRACK_SEGMENT_MAX_AGE", 3600.0),
+        send_lease_seconds=_float("MSGTRACK_SEND_LEASE", 30.0),
+        retry_delays=tuple(float(x) for x in retry.split(",")) if retry else (60.0, 300.0, 900.0, 3600.0),
+        max_message_bytes=_int("MSGTRACK_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
+        max_render_seconds=_float("MSGTRACK_MAX_RENDER_SECONDS", 2.0),
+        ingest_interval=_float("MSGTRACK_INGEST_INTERVAL", 3.0),
+    )

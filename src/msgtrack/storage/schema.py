@@ -1,0 +1,297 @@
+"""Tables, as SQLAlchemy Core metadata. Migrations (Alembic) are generated from this.
+
+Times are UTC (``UTCDateTime``). Counters that reports read live in aggregate tables
+kept current at ingestion (see DESIGN.md, "Aggregates"), so reports never scan
+``tracking_logs``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from msgtrack.storage.types import UTCDateTime
+
+# BIGINT on PostgreSQL, INTEGER on SQLite (only INTEGER PRIMARY KEY is the rowid).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# -- recipients store --------------------------------------------------------------
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),
+    # Lower-cased address: emails are compared case-insensitively.
+    Column("email_key", String(320), nullable=False, unique=True),
+    Column("first_name", String(200)),
+    Column("last_name", String(200)),
+    Column("email_format", String(10), nullable=False, server_default="html"),
+    Column("fields", Text, nullable=False, server_default="{}"),  # JSON object
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Addresses that must not be targeted: kind 'quarantine' or 'denylist'.
+quarantines = Table(
+    "quarantines",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False, unique=True),  # lower-cased
+    Column("kind", String(20), nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("failure_type", String(10)),
+    Column("error_count", Integer, nullable=False, server_default="1"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("released_at", UTCDateTime),
+)
+
+# Global opt-out, one row per recipient who unsubscribed.
+opt_outs = Table(
+    "opt_outs",
+    metadata,
+    Column("recipient_id", Id, ForeignKey("recipients.id", ondelete="CASCADE"), primary_key=True),
+    Column("delivery_id", Id),
+    Column("message_id", Id),
+    Column("source", String(20), nullable=False),  # form | one-click | mailto | import
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# -- deliveries store --------------------------------------------------------------
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(400), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("from_addr", String(400), nullable=False),
+    Column("html", Text),  # content as written by the author
+    Column("text", Text),
+    Column("html_template", Text),  # content with tracked links rewritten
+    Column("text_template", Text),
+    Column("channel", String(20), nullable=False, server_default="email"),
+    Column("typology", String(20), nullable=False, server_default="normal"),
+    # draft, prepared, sending, sent, stopped, failed
+    Column("state", String(20), nullable=False, server_default="draft"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("prepared_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    # Analysis: initial population and exclusions by cause.
+    Column("initial_population", Integer, nullable=False, server_default="0"),
+    Column("rejected_quarantined", Integer, nullable=False, server_default="0"),
+    Column("rejected_denylisted", Integer, nullable=False, server_default="0"),
+    Column("rejected_opted_out", Integer, nullable=False, server_default="0"),
+    Column("rejected_invalid", Integer, nullable=False, server_default="0"),
+    Column("rejected_duplicate", Integer, nullable=False, server_default="0"),
+    Column("to_deliver", Integer, nullable=False, server_default="0"),
+    # Compare-and-set ownership of a send run, with a lease so a crashed run is resumable.
+    Column("send_run", String(40)),
+    Column("send_lease_until", UTCDateTime),
+    Column("last_error", Text),
+)
+
+tracked_urls = Table(
+    "tracked_urls",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("ordinal", Integer, nullable=False),  # position of the link in the content
+    Column("url", Text, nullable=False),  # as written, personalization included
+    Column("label", Text, nullable=False, server_default=""),
+    Column("category", String(200), nullable=False, server_default=""),
+    # click, open, opt-out, mirror, web, transaction
+    Column("type", String(20), nullable=False, server_default="click"),
+    Column("tracked", Boolean, nullable=False, server_default="1"),
+    UniqueConstraint("delivery_id", "ordinal", name="uq_tracked_urls_delivery_ordinal"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("recipient_id", Id, ForeignKey("recipients.id", ondelete="SET NULL")),
+    Column("email", String(320), nullable=False),
+    Column("domain", String(255), nullable=False),
+    # pending, in_flight, sent, failed, ignored, unknown
+    Column("status", String(20), nullable=False, server_default="pending"),
+    Column("failure_type", String(10)),  # hard, soft, ignored
+    Column("failure_reason", Text),
+    Column("text_only", Boolean, nullable=False, server_default="0"),
+    Column("seed", Boolean, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    Column("size_bytes", Integer),
+    # Aggregates kept at ingestion.
+    Column("first_event_at", UTCDateTime),
+    Column("first_click_at", UTCDateTime),
+    Column("open_count", Integer, nullable=False, server_default="0"),
+    Column("click_count", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("delivery_id", "recipient_id", name="uq_messages_delivery_recipient"),
+    Index("ix_messages_delivery_status", "delivery_id", "status"),
+)
+
+# -- tracking store ----------------------------------------------------------------
+
+visitors = Table(
+    "visitors",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the random visitor cookie
+    Column("recipient_id", Id),  # set once a click identifies the browser
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("user_agent", Text),
+)
+
+tracking_logs = Table(
+    "tracking_logs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # Identity of the event in the event log: a replay can never insert it twice.
+    Column("segment", String(120), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("delivery_id", Id, nullable=False),
+    Column("message_id", Id),
+    Column("recipient_id", Id),
+    Column("tracked_url_id", Id),
+    Column("type", String(20), nullable=False),  # click, open, opt-out, mirror, web, transaction
+    Column("visitor_id", String(40)),
+    Column("at", UTCDateTime, nullable=False),
+    Column("ip", String(64)),
+    Column("user_agent", Text),
+    # The destination the person was sent to, when personalization made it differ
+    # from the tracked URL as registered.
+    Column("url", Text),
+    Column("amount", Float),
+    Column("articles", Integer),
+    UniqueConstraint("segment", "offset", name="uq_tracking_logs_segment_offset"),
+    Index("ix_tracking_logs_delivery_at", "delivery_id", "at"),
+    Index("ix_tracking_logs_recipient_at", "recipient_id", "at"),
+)
+
+# Confirmed unsubscriptions (form POST or RFC 8058 one-click POST): never events.
+unsubscriptions = Table(
+    "unsubscriptions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("segment", String(120), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("delivery_id", Id, nullable=False),
+    Column("message_id", Id),
+    Column("recipient_id", Id),
+    Column("source", String(20), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("ip", String(64)),
+    Column("user_agent", Text),
+    UniqueConstraint("segment", "offset", name="uq_unsubscriptions_segment_offset"),
+    Index("ix_unsubscriptions_delivery_recipient", "delivery_id", "recipient_id"),
+)
+
+# Persons: one row per (delivery, visitor) on the visitor's first click.
+delivery_persons = Table(
+    "delivery_persons",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("visitor_id", String(40), primary_key=True),
+    Column("first_click_at", UTCDateTime, nullable=False),
+)
+
+# Per-delivery counters, kept incrementally at send and ingestion time.
+delivery_indicators = Table(
+    "delivery_indicators",
+    metadata,
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
+    Column("success", Integer, nullable=False, server_default="0"),
+    Column("errors", Integer, nullable=False, server_default="0"),
+    Column("text_only", Integer, nullable=False, server_default="0"),
+    Column("recipient_opens", Integer, nullable=False, server_default="0"),
+    Column("total_opens", Integer, nullable=False, server_default="0"),
+    Column("recipient_clicks", Integer, nullable=False, server_default="0"),
+    Column("person_clicks", Integer, nullable=False, server_default="0"),
+    Column("total_clicks", Integer, nullable=False, server_default="0"),
+    Column("opt_outs", Integer, nullable=False, server_default="0"),
+    Column("unsubscriptions", Integer, nullable=False, server_default="0"),
+    Column("mirror_views", Integer, nullable=False, server_default="0"),
+    Column("visited_pages", Integer, nullable=False, server_default="0"),
+    Column("transactions", Integer, nullable=False, server_default="0"),
+    Column("amount", Float, nullable=False, server_default="0"),
+    Column("articles", Integer, nullable=False, server_default="0"),
+    Column("hard_bounces", Integer, nullable=False, server_default="0"),
+    Column("soft_bounces", Integer, nullable=False, server_default="0"),
+    Column("complaints", Integer, nullable=False, server_default="0"),
+    Column("new_quarantines", Integer, nullable=False, server_default="0"),
+)
+
+# Per (delivery, internet domain): sends and distinct opening / clicking messages.
+domain_stats = Table(
+    "domain_stats",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("domain", String(255), primary_key=True),
+    Column("sent", Integer, nullable=False, server_default="0"),
+    Column("complaints", Integer, nullable=False, server_default="0"),
+    Column("opens", Integer, nullable=False, server_default="0"),
+    Column("clicks", Integer, nullable=False, server_default="0"),
+)
+
+# gmail.com <- googlemail.com: reports group aliases under one domain.
+domain_aliases = Table(
+    "domain_aliases",
+    metadata,
+    Column("alias", String(255), primary_key=True),
+    Column("domain", String(255), nullable=False),
+)
+
+# Ingestion progress, one row per event log segment, committed with the rows it loaded.
+ingest_checkpoints = Table(
+    "ingest_checkpoints",
+    metadata,
+    Column("segment", String(120), primary_key=True),
+    Column("offset", BigInteger, nullable=False),
+    Column("done", Boolean, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+ingest_rejects = Table(
+    "ingest_rejects",
+    metadata,
+    Column("segment", String(120), primary_key=True),
+    Column("offset", BigInteger, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex
+    Column("name", String(200), nullable=False, server_default="default"),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""The public tracking server and its local event log."""

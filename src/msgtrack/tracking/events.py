@@ -1,0 +1,112 @@
+"""The event record and its line format in the event log.
+
+One line per event::
+
+    CRC32-HEX SP JSON LF
+
+The CRC (of the JSON bytes) lets ingestion detect a torn or corrupted line and set it
+aside without stopping. The JSON object has short keys:
+
+    t   time, UTC, seconds since the epoch (float, microseconds)
+    k   kind: click | open | opt-out | mirror | unsubscribe (| web | transaction later)
+    d   delivery id          m   message id          u   tracked URL id
+    v   visitor id (cookie) or null
+    ip  client address       ua  user agent
+    x   personalization values of the link, in order (clicks, when any)
+    src unsubscribe source: form | one-click
+    amt, art  transaction amount and articles (later)
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = frozenset({"click", "open", "opt-out", "mirror", "unsubscribe", "web", "transaction"})
+
+
+class BadLine(ValueError):
+    """A line that cannot be trusted: torn, corrupted, or not an event."""
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    kind: str
+    delivery_id: int
+    message_id: int | None
+    url_id: int | None
+    visitor_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    values: tuple[str, ...] = ()
+    source: str | None = None
+    amount: float | None = None
+    articles: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_event(event: Event) -> bytes:
+    obj: dict[str, Any] = {
+        "t": round(event.t, 6),
+        "k": event.kind,
+        "d": event.delivery_id,
+        "m": event.message_id,
+        "u": event.url_id,
+        "v": event.visitor_id,
+        "ip": event.ip,
+        "ua": event.user_agent,
+    }
+    if event.values:
+        obj["x"] = list(event.values)
+    if event.source is not None:
+        obj["src"] = event.source
+    if event.amount is not None:
+        obj["amt"] = event.amount
+    if event.articles is not None:
+        obj["art"] = event.articles
+    if event.extra:
+        obj.update(event.extra)
+    payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+def decode_event(line: bytes) -> Event:
+    """Parse one line (with or without its LF); raises BadLine with the reason."""
+    line = line.rstrip(b"\n")
+    if len(line) < 10 or line[8:9] != b" ":
+        raise BadLine("malformed line")
+    try:
+        crc = int(line[:8], 16)
+    except ValueError as exc:
+        raise BadLine("malformed checksum") from exc
+    payload = line[9:]
+    if zlib.crc32(payload) != crc:
+        raise BadLine("checksum mismatch")
+    try:
+        obj = json.loads(payload)
+        kind = obj["k"]
+        if kind not in KINDS:
+            raise BadLine(f"unknown kind {kind!r}")
+        known = {"t", "k", "d", "m", "u", "v", "ip", "ua", "x", "src", "amt", "art"}
+        return Event(
+            t=float(obj["t"]),
+            kind=kind,
+            delivery_id=int(obj["d"]),
+            message_id=None if obj.get("m") is None else int(obj["m"]),
+            url_id=None if obj.get("u") is None else int(obj["u"]),
+            visitor_id=obj.get("v"),
+            ip=obj.get("ip"),
+            user_agent=obj.get("ua"),
+            values=tuple(str(v) for v in obj.get("x") or ()),
+            source=obj.get("src"),
+            amount=None if obj.get("amt") is None else float(obj["amt"]),
+            articles=None if obj.get("art") is None else int(obj["art"]),
+            extra={k: v for k, v in obj.items() if k not in known},
+        )
+    except BadLine:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadLine(f"bad event: {exc}") from exc
