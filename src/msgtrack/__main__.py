@@ -1,0 +1,3 @@
+from msgtrack.cli import main
+
+main()

@@ -1,0 +1,457 @@
+"""The ``msgtrack`` command.
+
+Every command works on ``MSGTRACK_HOME`` (default ``./msgtrack-data``) and the database
+of ``MSGTRACK_DB`` (default: SQLite under the home). ``msgtrack init`` prepares a home;
+the other commands bring the schema up to date and create missing keys by themselves,
+so a newcomer's first command works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from msgtrack import __version__
+from msgtrack.context import Context
+from msgtrack.setup import ensure_ready
+
+
+def _context() -> Context:
+    ctx = Context()
+    ensure_ready(ctx)
+    return ctx
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group()
+@click.version_option(__version__, prog_name="msgtrack")
+def main() -> None:
+    """msgtrack: tracked email deliveries, a tracking server, and their reports."""
+
+
+# -- setup ----------------------------------------------------------------------
+
+
+@main.command()
+def init() -> None:
+    """Create the schema, the signing keys and an API token (printed once)."""
+    from msgtrack.storage.auth import create_api_token
+
+    ctx = Context()
+    ensure_ready(ctx)
+    with ctx.engine.begin() as conn:
+        token = create_api_token(conn)
+    click.echo(f"msgtrack home: {ctx.settings.home}")
+    click.echo(f"database: {ctx.engine.url.render_as_string(hide_password=True)}")
+    click.echo("API token (shown once, keep it):")
+    click.echo(token)
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema to the newest version."""
+    from msgtrack.setup import head_revision
+
+    ctx = _context()
+    click.echo(f"schema at revision {head_revision(ctx)}")
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys of tracked links."""
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List the keys: id, created, retired, active."""
+    ring = _context().keyring
+    for key in sorted(ring.keys.values(), key=lambda k: k.key_id):
+        flags = "active" if key.key_id == ring.active else ("retired" if key.retired_at else "")
+        click.echo(f"{key.key_id}\t{key.created_at}\t{key.retired_at or '-'}\t{flags}")
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; links signed before stay valid until their key is retired."""
+    ctx = _context()
+    ring = ctx.keyring
+    kid = ring.rotate()
+    ring.save(ctx.settings.keys_file)
+    click.echo(f"new signing key {kid}")
+
+
+@keys.command("retire")
+@click.argument("key_id", type=int)
+def keys_retire(key_id: int) -> None:
+    """Retire KEY_ID: links signed with it answer 404 from then on."""
+    ctx = _context()
+    ring = ctx.keyring
+    try:
+        ring.retire(key_id)
+    except KeyError:
+        _fail(f"no key {key_id}")
+    except ValueError as exc:
+        _fail(str(exc))
+    ring.save(ctx.settings.keys_file)
+    click.echo(f"key {key_id} retired")
+
+
+# -- recipients -------------------------------------------------------------------
+
+
+@main.group()
+def recipients() -> None:
+    """Recipient profiles."""
+
+
+@recipients.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def recipients_import(csv_file: Path, as_json: bool) -> None:
+    """Import recipients from CSV_FILE (header row; `email` required)."""
+    from msgtrack.storage.recipients import import_recipients_csv
+
+    ctx = _context()
+    try:
+        report = import_recipients_csv(ctx, csv_file)
+    except (ValueError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {csv_file}: {exc}")
+    rejected = [{"line": line, "email": email, "reason": reason} for line, email, reason in report.rejected]
+    if as_json:
+        _print_json({"imported": report.imported, "updated": report.updated, "rejected": rejected})
+        return
+    click.echo(f"imported: {report.imported}, updated: {report.updated}, rejected: {len(rejected)}")
+    for row in rejected:
+        click.echo(f"  line {row['line']}: {row['email']!r}: {row['reason']}")
+
+
+@recipients.command("tracking")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def recipients_tracking(email: str, as_json: bool) -> None:
+    """Every click of EMAIL across deliveries, newest first."""
+    from msgtrack.reports.recipients import recipient_tracking
+
+    ctx = _context()
+    rows = recipient_tracking(ctx.engine, email)
+    if rows is None:
+        _fail(f"no recipient {email}")
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['clicked_at']}  {row['delivery_name']} (#{row['delivery_id']})  {row['label']}  {row['url']}")
+
+
+# -- deliveries -------------------------------------------------------------------
+
+
+@main.group()
+def deliveries() -> None:
+    """Deliveries: create, inspect, send."""
+
+
+@deliveries.command("create")
+@click.option("--name", required=True)
+@click.option("--subject", required=True, help="Subject (a Jinja2 template).")
+@click.option("--html", "html_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--from", "from_addr", help="From address (default MSGTRACK_FROM).")
+@click.option("--exclude", multiple=True, help="Do not track URLs matching this glob (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_create(
+    name: str,
+    subject: str,
+    html_file: Path | None,
+    text_file: Path | None,
+    from_addr: str | None,
+    exclude: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Create a delivery from an HTML and/or text content; prints its id."""
+    from msgtrack.delivery.create import DeliveryError, create_delivery
+
+    if html_file is None and text_file is None:
+        _fail("give --html FILE and/or --text FILE")
+    ctx = _context()
+    try:
+        delivery_id = create_delivery(
+            ctx,
+            name=name,
+            subject=subject,
+            html=html_file.read_text(encoding="utf-8") if html_file else None,
+            text=text_file.read_text(encoding="utf-8") if text_file else None,
+            from_addr=from_addr,
+            exclude=exclude,
+        )
+    except DeliveryError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json({"id": delivery_id})
+    else:
+        click.echo(delivery_id)
+
+
+@deliveries.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_list(as_json: bool) -> None:
+    """List deliveries."""
+    from msgtrack.storage.deliveries import list_deliveries
+
+    ctx = _context()
+    with ctx.engine.connect() as conn:
+        rows = [dict(r) for r in list_deliveries(conn)]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['id']}\t{row['state']}\t{row['name']}")
+
+
+@deliveries.command("urls")
+@click.argument("delivery_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_urls(delivery_id: int, as_json: bool) -> None:
+    """List the tracked URLs of a delivery."""
+    from msgtrack.storage.deliveries import tracked_urls
+
+    ctx = _context()
+    with ctx.engine.connect() as conn:
+        rows = [dict(r) for r in tracked_urls(conn, delivery_id)]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        state = "tracked" if row["tracked"] else "not tracked"
+        click.echo(f"{row['id']}\t{row['type']}\t{state}\t{row['label']!r}\t{row['category']}\t{row['url']}")
+
+
+@deliveries.command("url")
+@click.argument("delivery_id", type=int)
+@click.argument("url_id", type=int)
+@click.option("--label")
+@click.option("--category")
+@click.option("--tracking", type=click.Choice(["on", "off"]))
+def deliveries_url(
+    delivery_id: int, url_id: int, label: str | None, category: str | None, tracking: str | None
+) -> None:
+    """Relabel a tracked URL or switch its tracking, before sending."""
+    from msgtrack.storage.deliveries import set_tracked_url
+
+    ctx = _context()
+    with ctx.engine.begin() as conn:
+        changed = set_tracked_url(
+            conn,
+            delivery_id,
+            url_id,
+            tracked=None if tracking is None else tracking == "on",
+            label=label,
+            category=category,
+        )
+    if not changed:
+        _fail("no such URL, or the delivery is already being sent")
+    click.echo("updated")
+
+
+@deliveries.command("send")
+@click.argument("delivery_id", type=int)
+@click.option("--outbox", type=click.Path(file_okay=False), help="Write one .eml per message here.")
+@click.option("--smtp", help="Relay HOST:PORT.")
+@click.option("--starttls", is_flag=True, help="STARTTLS on the SMTP connection.")
+@click.option("--tls", is_flag=True, help="Implicit TLS (SMTPS).")
+@click.option("--smtp-user", envvar="MSGTRACK_SMTP_USER")
+@click.option("--smtp-password", envvar="MSGTRACK_SMTP_PASSWORD", help="Better: MSGTRACK_SMTP_PASSWORD.")
+@click.option("--concurrency", type=int, default=4, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_send(
+    delivery_id: int,
+    outbox: str | None,
+    smtp: str | None,
+    starttls: bool,
+    tls: bool,
+    smtp_user: str | None,
+    smtp_password: str | None,
+    concurrency: int,
+    as_json: bool,
+) -> None:
+    """Analyse and send a delivery (resumes a stopped or crashed send)."""
+    from msgtrack.delivery.send import AlreadySending, send_delivery
+    from msgtrack.delivery.transports import SmtpTransport, TransportError, transport_from_option
+
+    if outbox and smtp:
+        _fail("give --outbox or --smtp, not both")
+    ctx = _context()
+    transport: Any
+    if smtp:
+        host, _, port = smtp.rpartition(":")
+        if not host or not port.isdigit():
+            _fail("--smtp takes HOST:PORT")
+        transport = SmtpTransport(
+            host,
+            int(port),
+            starttls=starttls,
+            tls=tls,
+            username=smtp_user,
+            password=smtp_password,
+            concurrency=concurrency,
+        )
+    else:
+        transport = transport_from_option(outbox, None, ctx.settings)
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if as_json or not sys.stderr.isatty():
+            return
+        if bar is None:
+            bar = click.progressbar(length=total, label="sending", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        report = send_delivery(ctx, delivery_id, transport, progress=progress)
+    except AlreadySending:
+        _fail(f"delivery {delivery_id} is already being sent by another run")
+    except TransportError as exc:
+        _fail(f"send run failed: {exc}")
+    except LookupError as exc:
+        _fail(str(exc))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    counts = report.as_dict() if hasattr(report, "as_dict") else dict(vars(report))
+    if as_json:
+        _print_json(counts)
+    else:
+        click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+# -- servers and ingestion -----------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Tracking server, web API and the ingestion loop, in one process."""
+    from msgtrack.serve import run_serve
+
+    ctx = _context()
+    click.echo(f"msgtrack {__version__} on http://{host}:{port} (home {ctx.settings.home})", err=True)
+    run_serve(ctx, host, port)
+
+
+@main.command("tracking-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def tracking_server(host: str, port: int) -> None:
+    """The public tracking server alone."""
+    from msgtrack.tracking.server import run_tracking_server
+
+    ctx = _context()
+    click.echo(f"msgtrack tracking server on http://{host}:{port}", err=True)
+    run_tracking_server(ctx, host, port)
+
+
+@main.command()
+@click.option("--follow", is_flag=True, help="Keep loading new events.")
+def ingest(follow: bool) -> None:
+    """Load new tracking events into the database, exactly once."""
+    import time
+
+    from msgtrack.ingest.loader import IngestBusy, ingest_once
+
+    ctx = _context()
+    while True:
+        try:
+            stats = ingest_once(ctx)
+        except IngestBusy:
+            if not follow:
+                _fail("another ingestion is running", code=3)
+        else:
+            if not follow or stats.loaded or stats.rejected:
+                click.echo(
+                    f"loaded: {stats.loaded}, duplicates: {stats.duplicates}, "
+                    f"rejected: {stats.rejected}, segments: {stats.segments}"
+                )
+        if not follow:
+            return
+        time.sleep(ctx.settings.ingest_interval)
+
+
+@main.command()
+@click.option("--delivery", "delivery_id", type=int, help="Only this delivery.")
+def recompute(delivery_id: int | None) -> None:
+    """Rebuild every indicator and aggregate from the tracking logs."""
+    from msgtrack.ingest.recompute import recompute as do_recompute
+
+    ctx = _context()
+    do_recompute(ctx, delivery_id)
+    click.echo("recomputed")
+
+
+# -- reports ------------------------------------------------------------------------
+
+
+@main.group()
+def report() -> None:
+    """Reports."""
+
+
+@report.command("indicators")
+@click.argument("delivery_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def report_indicators(delivery_id: int, as_json: bool) -> None:
+    """Tracking indicators of a delivery (SPEC §6)."""
+    from msgtrack.reports.indicators import delivery_indicators
+
+    ctx = _context()
+    data = delivery_indicators(ctx.engine, delivery_id)
+    if data is None:
+        _fail(f"no delivery {delivery_id}")
+    if as_json:
+        _print_json(data)
+        return
+    domains = data.pop("domains")
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        click.echo(f"{key:<{width}}  {value}")
+    if domains:
+        click.echo("\ndomain                          sent  opens  clicks  reactivity")
+        for d in domains:
+            click.echo(f"{d['domain']:<30} {d['sent']:>5} {d['opens']:>6} {d['clicks']:>7} {d['raw_reactivity']:>10}")
+
+
+@main.group()
+def domains() -> None:
+    """Internet domains of the reports."""
+
+
+@domains.command("alias")
+@click.argument("alias")
+@click.argument("domain")
+def domains_alias(alias: str, domain: str) -> None:
+    """Report ALIAS (e.g. googlemail.com) under DOMAIN (e.g. gmail.com)."""
+    from msgtrack.storage.tracking import set_domain_alias
+
+    ctx = _context()
+    with ctx.engine.begin() as conn:
+        set_domain_alias(conn, alias.lower(), domain.lower())
+    click.echo(f"{alias} -> {domain}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
