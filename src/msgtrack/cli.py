@@ -396,10 +396,16 @@ def ingest(follow: bool) -> None:
 @click.option("--delivery", "delivery_id", type=int, help="Only this delivery.")
 def recompute(delivery_id: int | None) -> None:
     """Rebuild every indicator and aggregate from the tracking logs."""
+    from msgtrack.ingest.loader import IngestBusy
     from msgtrack.ingest.recompute import recompute as do_recompute
 
     ctx = _context()
-    do_recompute(ctx, delivery_id)
+    try:
+        do_recompute(ctx, delivery_id)
+    except IngestBusy:
+        _fail("an ingestion is running and did not finish in time; try again", code=3)
+    except LookupError as exc:
+        _fail(str(exc))
     click.echo("recomputed")
 
 

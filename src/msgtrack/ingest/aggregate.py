@@ -1,0 +1,138 @@
+"""Counters moved by tracking events: one function for ingestion and for recompute, so a
+rebuilt delivery equals an incrementally kept one by construction.
+
+Everything here is order-independent: firsts are minimums and the rest are sums, so
+events arriving out of order (across segments, or replayed by recompute) end in the same
+state. Work is set-wise per batch: one query loads the touched messages, one the touched
+persons, and the writes are executemany.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from msgtrack.storage import tracking as store
+
+# Any of these shows that the message was opened (SPEC §6); web pages never do.
+OPENING = frozenset({"click", "open", "opt-out", "mirror"})
+
+# Event type -> the delivery counter it adds one to.
+TYPE_COUNTER = {
+    "open": "total_opens",
+    "click": "total_clicks",
+    "opt-out": "opt_outs",
+    "mirror": "mirror_views",
+    "web": "visited_pages",
+    "transaction": "visited_pages",
+}
+
+
+@dataclass(frozen=True)
+class CountedEvent:
+    """What aggregation needs of one newly inserted tracking log row."""
+
+    delivery_id: int
+    message_id: int | None
+    type: str
+    visitor_id: str | None
+    at: datetime
+    amount: float | None = None
+    articles: int | None = None
+
+
+def apply_events(
+    conn: Connection,
+    events: Sequence[CountedEvent],
+    extra: Mapping[int, Mapping[str, int]] | None = None,
+) -> None:
+    """Move every counter for ``events``, which must be rows just inserted (never a
+    replay of rows already counted). ``extra`` adds other per-delivery deltas (e.g.
+    unsubscriptions) in the same update."""
+    indicators: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(int))
+    for delivery_id, delta in (extra or {}).items():
+        for name, value in delta.items():
+            indicators[delivery_id][name] += value
+    if not events and not indicators:
+        return
+
+    states = store.message_states(conn, {e.message_id for e in events if e.message_id is not None})
+    # message id -> [first_event_at, first_click_at, opens, clicks]
+    touched: dict[int, list[Any]] = {}
+    domains: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+    persons: dict[tuple[int, str], datetime] = {}
+
+    for e in events:
+        counts = indicators[e.delivery_id]
+        counter = TYPE_COUNTER.get(e.type)
+        if counter:
+            counts[counter] += 1
+        if e.type == "transaction":
+            counts["transactions"] += 1
+            counts["amount"] += e.amount or 0.0
+            counts["articles"] += e.articles or 0
+        if e.type == "click" and e.visitor_id:
+            key = (e.delivery_id, e.visitor_id)
+            if key not in persons or e.at < persons[key]:
+                persons[key] = e.at
+
+        state = states.get(e.message_id) if e.message_id is not None else None
+        if state is None or e.type not in OPENING:
+            continue
+        row = touched.setdefault(state.id, [state.first_event_at, state.first_click_at, 0, 0])
+        domain = (state.delivery_id, state.domain)
+        if row[0] is None:
+            counts["recipient_opens"] += 1
+            domains[domain][0] += 1
+        if row[0] is None or e.at < row[0]:
+            row[0] = e.at
+        if e.type == "click":
+            if row[1] is None:
+                counts["recipient_clicks"] += 1
+                domains[domain][1] += 1
+            if row[1] is None or e.at < row[1]:
+                row[1] = e.at
+            row[3] += 1
+        elif e.type == "open":
+            row[2] += 1
+
+    # Persons: a (delivery, visitor) row on the visitor's first click in the delivery.
+    known = store.delivery_person_firsts(conn, persons)
+    new_persons = []
+    earlier = []
+    for (delivery_id, visitor_id), at in sorted(persons.items()):
+        if (delivery_id, visitor_id) not in known:
+            new_persons.append(
+                {"delivery_id": delivery_id, "visitor_id": visitor_id, "first_click_at": at}
+            )
+            indicators[delivery_id]["person_clicks"] += 1
+        elif at < known[(delivery_id, visitor_id)]:
+            earlier.append(
+                {"delivery_id": delivery_id, "visitor_id": visitor_id, "first_click_at": at}
+            )
+    store.add_delivery_persons(conn, new_persons)
+    store.move_delivery_person_firsts(conn, earlier)
+
+    store.update_message_aggregates(
+        conn,
+        [
+            {
+                "id": mid,
+                "first_event_at": r[0],
+                "first_click_at": r[1],
+                "opens": r[2],
+                "clicks": r[3],
+            }
+            for mid, r in sorted(touched.items())
+        ],
+    )
+    store.ensure_indicator_rows(conn, indicators)
+    store.add_to_indicators(conn, indicators)
+    wanted = {k: (v[0], v[1]) for k, v in domains.items() if v[0] or v[1]}
+    store.ensure_domain_rows(conn, wanted)
+    store.add_to_domain_stats(conn, wanted)

@@ -1,0 +1,128 @@
+"""The tracking indicators of a delivery (SPEC §6), from its stored counters.
+
+Reading them touches only ``deliveries``, ``delivery_indicators``, ``domain_stats`` and
+``domain_aliases``: ingestion keeps the counters current, so a report never scans the
+tracking logs. Integer arithmetic throughout, so rounding is exactly "half up".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from msgtrack.storage import tracking as store
+
+TOP_DOMAINS = 20
+OTHERS = "others"
+
+# Counters shown as they are stored.
+STORED = (
+    "success",
+    "errors",
+    "text_only",
+    "recipient_opens",
+    "total_opens",
+    "recipient_clicks",
+    "person_clicks",
+    "total_clicks",
+    "opt_outs",
+    "unsubscriptions",
+    "mirror_views",
+    "hard_bounces",
+    "soft_bounces",
+    "complaints",
+    "new_quarantines",
+)
+
+
+@contextmanager
+def connection(conn_or_engine: Connection | Engine) -> Iterator[Connection]:
+    """Use the caller's connection, or borrow one from the engine for this read."""
+    if isinstance(conn_or_engine, Connection):
+        yield conn_or_engine
+    else:
+        with conn_or_engine.connect() as conn:
+            yield conn
+
+
+def half_up_div(numerator: int, divisor: int) -> int:
+    """numerator ÷ divisor rounded half up, for non-negative numbers; 0 when divisor <= 0."""
+    if divisor <= 0:
+        return 0
+    return (2 * numerator + divisor) // (2 * divisor)
+
+
+def estimate(value: int, to_deliver: int, text_only: int) -> int:
+    """Scale what HTML messages showed to all: value × to_deliver ÷ (to_deliver − text_only)."""
+    return half_up_div(value * to_deliver, to_deliver - text_only)
+
+
+def rate(numerator: int, divisor: int) -> float:
+    """numerator ÷ divisor in %, half up to 2 decimals; 0 when divisor is 0."""
+    return half_up_div(numerator * 10_000, divisor) / 100
+
+
+def delivery_indicators(
+    conn_or_engine: Connection | Engine, delivery_id: int
+) -> dict[str, Any] | None:
+    """Every indicator of a delivery and its per-domain table; None if no such delivery."""
+    with connection(conn_or_engine) as conn:
+        header = store.delivery_header(conn, delivery_id)
+        if header is None:
+            return None
+        counters = store.indicator_counters(conn, delivery_id)
+        rows = store.domain_rows(conn, delivery_id)
+        aliases = store.domain_alias_map(conn, [r.domain.lower() for r in rows])
+    c = {name: int(counters[name]) for name in STORED}
+    to_deliver = header.to_deliver
+    est_opens = estimate(c["recipient_opens"], to_deliver, c["text_only"])
+    out: dict[str, Any] = {
+        "delivery_id": header.id,
+        "name": header.name,
+        "state": header.state,
+        "to_deliver": to_deliver,
+        **c,
+        "estimated_recipient_opens": est_opens,
+        "estimated_total_opens": estimate(c["total_opens"], to_deliver, c["text_only"]),
+        "forwards": c["person_clicks"] - c["recipient_clicks"],
+        "raw_reactivity": rate(c["recipient_clicks"], c["recipient_opens"]),
+        "estimated_reactivity": rate(c["recipient_clicks"], est_opens),
+        "distinct_click_rate": rate(c["person_clicks"], c["success"]),
+        "cumulated_click_rate": rate(c["total_clicks"], c["success"]),
+        "domains": domain_table(rows, aliases),
+    }
+    return out
+
+
+def domain_table(rows: list[store.DomainRow], aliases: dict[str, str]) -> list[dict[str, Any]]:
+    """Per domain, aliases merged under their domain, biggest senders first, the ones
+    beyond the top 20 summed as ``others``."""
+    merged: dict[str, list[int]] = {}
+    for r in rows:
+        name = r.domain.lower()
+        name = aliases.get(name, name)
+        sums = merged.setdefault(name, [0, 0, 0, 0])
+        sums[0] += r.sent
+        sums[1] += r.complaints
+        sums[2] += r.opens
+        sums[3] += r.clicks
+    ordered = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    if len(ordered) > TOP_DOMAINS:
+        rest = [0, 0, 0, 0]
+        for _, sums in ordered[TOP_DOMAINS:]:
+            rest = [a + b for a, b in zip(rest, sums, strict=True)]
+        ordered = [*ordered[:TOP_DOMAINS], (OTHERS, rest)]
+    return [
+        {
+            "domain": name,
+            "sent": sent,
+            "complaints": complaints,
+            "opens": opens,
+            "clicks": clicks,
+            "raw_reactivity": rate(clicks, opens),
+        }
+        for name, (sent, complaints, opens, clicks) in ordered
+    ]

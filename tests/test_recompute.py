@@ -1,0 +1,183 @@
+"""``recompute`` rebuilds exactly what ingestion kept incrementally."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+from sqlalchemy import delete, insert, update
+
+from factories import (
+    T0,
+    Delivery,
+    add_delivery,
+    add_message,
+    add_recipient,
+    counters_snapshot,
+    ev,
+    seal,
+    write_segment,
+)
+from msgtrack.context import Context
+from msgtrack.ingest.loader import ingest_once
+from msgtrack.ingest.lock import IngestBusy, ingest_lock
+from msgtrack.ingest.recompute import recompute
+from msgtrack.reports.indicators import delivery_indicators
+from msgtrack.storage.schema import (
+    delivery_indicators as indicators_table,
+)
+from msgtrack.storage.schema import (
+    delivery_persons,
+    domain_aliases,
+    domain_stats,
+    messages,
+)
+from msgtrack.tracking.events import Event
+
+DOMAINS = ["gmail.com", "googlemail.com", "orange.fr", "example.org", "mail.example"]
+KINDS = ["open", "open", "click", "click", "opt-out", "mirror", "unsubscribe"]
+
+
+def build(ctx: Context, rng: random.Random) -> tuple[list[Delivery], list[Event]]:
+    """Deliveries with messages of every status, and events scattered over them."""
+    deliveries: list[Delivery] = []
+    targets: list[tuple[Delivery, int]] = []
+    with ctx.engine.begin() as conn:
+        conn.execute(insert(domain_aliases).values(alias="googlemail.com", domain="gmail.com"))
+        recipients = []
+        for i in range(40):
+            email = f"r{i}@{rng.choice(DOMAINS)}"
+            recipients.append((add_recipient(conn, email), email))
+        for n in range(3):
+            d = add_delivery(
+                conn,
+                f"D{n}",
+                to_deliver=0,
+                links=[
+                    ("https://shop.example/p/{{ recipient.id }}", "P"),
+                    ("https://example.org/", "E"),
+                ],
+            )
+            deliveries.append(d)
+            for rid, email in rng.sample(recipients, 25):
+                status = rng.choice(["sent"] * 6 + ["failed", "pending"])
+                mid = add_message(
+                    conn,
+                    d.id,
+                    rid,
+                    email,
+                    status=status,
+                    text_only=rng.random() < 0.2,
+                    seed=rng.random() < 0.1,
+                )
+                if status == "sent":
+                    targets.append((d, mid))
+    events = []
+    for _ in range(400):
+        d, mid = rng.choice(targets)
+        kind = rng.choice(KINDS)
+        link = rng.randrange(2)
+        events.append(
+            ev(
+                kind,
+                d,
+                mid,
+                T0 + rng.uniform(0, 3600),
+                url_id=d.links[link] if kind == "click" else None,
+                values=(str(mid),) if kind == "click" and link == 0 else (),
+                visitor=rng.choice([None, *[f"v{i}" for i in range(15)]]),
+            )
+        )
+    return deliveries, events
+
+
+def ingest_in_pieces(ctx: Context, rng: random.Random, events: list[Event]) -> None:
+    """Several segments, appended to between passes of various batch sizes."""
+    names = ["n1-aaaa-000001.log", "n1-aaaa-000002.log", "n2-bbbb-000001.log"]
+    rng.shuffle(events)  # times out of order within and across segments
+    for i in range(0, len(events), 50):
+        write_segment(ctx.settings.events_dir, rng.choice(names), events[i : i + 50])
+        if rng.random() < 0.5:
+            ingest_once(ctx, batch_size=rng.choice([1, 7, 30, 5000]))
+    for name in names:
+        path = ctx.settings.events_dir / name
+        if path.exists():
+            seal(path)
+    ingest_once(ctx, batch_size=13)
+
+
+def scramble(ctx: Context, rng: random.Random) -> None:
+    """Wrong counters everywhere, as a bug or a hand edit could leave them."""
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            update(indicators_table).values(
+                success=rng.randrange(99),
+                recipient_opens=7,
+                total_clicks=3,
+                person_clicks=0,
+                unsubscriptions=9,
+            )
+        )
+        conn.execute(update(messages).values(first_event_at=None, open_count=5, click_count=1))
+        conn.execute(update(domain_stats).values(opens=3, sent=1))
+        conn.execute(delete(delivery_persons))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rebuilt_equals_incremental(ctx: Context, seed: int) -> None:
+    rng = random.Random(seed)
+    deliveries, events = build(ctx, rng)
+    ingest_in_pieces(ctx, rng, events)
+    incremental = counters_snapshot(ctx.engine)
+    reports = {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries}
+    assert sum(r["total_clicks"] for r in reports.values() if r) > 0
+
+    recompute(ctx)
+    assert counters_snapshot(ctx.engine) == incremental
+
+    scramble(ctx, rng)
+    recompute(ctx)
+    assert counters_snapshot(ctx.engine) == incremental
+    assert {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries} == reports
+
+
+def test_recompute_one_delivery_leaves_the_others(ctx: Context) -> None:
+    rng = random.Random(3)
+    deliveries, events = build(ctx, rng)
+    ingest_in_pieces(ctx, rng, events)
+    reports = {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries}
+    scramble(ctx, rng)
+    first, *rest = deliveries
+    recompute(ctx, first.id)
+    assert delivery_indicators(ctx.engine, first.id) == reports[first.id]
+    for d in rest:
+        assert delivery_indicators(ctx.engine, d.id) != reports[d.id]
+    with pytest.raises(LookupError):
+        recompute(ctx, 99_999)
+
+
+def test_recompute_waits_for_a_running_ingestion(ctx: Context) -> None:
+    rng = random.Random(4)
+    deliveries, events = build(ctx, rng)
+    ingest_in_pieces(ctx, rng, events)
+    reports = {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries}
+    scramble(ctx, rng)
+    held = threading.Event()
+
+    def ingestion() -> None:
+        with ingest_lock(ctx):
+            held.set()
+            time.sleep(0.5)
+
+    worker = threading.Thread(target=ingestion)
+    worker.start()
+    try:
+        held.wait(10)
+        with pytest.raises(IngestBusy):
+            ingest_once(ctx)
+        recompute(ctx)
+    finally:
+        worker.join()
+    assert {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries} == reports
