@@ -287,7 +287,7 @@ def deliveries_send(
     as_json: bool,
 ) -> None:
     """Analyse and send a delivery (resumes a stopped or crashed send)."""
-    from msgtrack.delivery.send import AlreadySending, send_delivery
+    from msgtrack.delivery.send import AlreadySending, SendError, send_delivery
     from msgtrack.delivery.transports import SmtpTransport, TransportError, transport_from_option
 
     if outbox and smtp:
@@ -327,12 +327,12 @@ def deliveries_send(
         _fail(f"delivery {delivery_id} is already being sent by another run")
     except TransportError as exc:
         _fail(f"send run failed: {exc}")
-    except LookupError as exc:
+    except (LookupError, SendError) as exc:
         _fail(str(exc))
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    counts = report.as_dict() if hasattr(report, "as_dict") else dict(vars(report))
+    counts = report.as_dict()
     if as_json:
         _print_json(counts)
     else:
