@@ -49,6 +49,47 @@ class Event:
 
 
 def encode_event(event: Event) -> bytes:
+    if event.amount is None and event.articles is None and not event.extra:
+        payload = _fast_payload(event)
+    else:
+        payload = _json_payload(event)
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+# Same bytes as json.dumps(ensure_ascii=True, separators=(",", ":")) would give, built
+# directly: this runs once per click on the tracking server's hot path (~3x cheaper).
+_quote = json.encoder.encode_basestring_ascii
+
+
+def _fast_payload(event: Event) -> bytes:
+    m, u, v, ip, ua = event.message_id, event.url_id, event.visitor_id, event.ip, event.user_agent
+    parts = [
+        '{"t":',
+        repr(round(event.t, 6)),
+        ',"k":',
+        _quote(event.kind),
+        ',"d":',
+        str(int(event.delivery_id)),
+        ',"m":',
+        "null" if m is None else str(int(m)),
+        ',"u":',
+        "null" if u is None else str(int(u)),
+        ',"v":',
+        "null" if v is None else _quote(v),
+        ',"ip":',
+        "null" if ip is None else _quote(ip),
+        ',"ua":',
+        "null" if ua is None else _quote(ua),
+    ]
+    if event.values:
+        parts += (',"x":[', ",".join([_quote(x) for x in event.values]), "]")
+    if event.source is not None:
+        parts += (',"src":', _quote(event.source))
+    parts.append("}")
+    return "".join(parts).encode("ascii")
+
+
+def _json_payload(event: Event) -> bytes:
     obj: dict[str, Any] = {
         "t": round(event.t, 6),
         "k": event.kind,
@@ -69,8 +110,7 @@ def encode_event(event: Event) -> bytes:
         obj["art"] = event.articles
     if event.extra:
         obj.update(event.extra)
-    payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def decode_event(line: bytes) -> Event:

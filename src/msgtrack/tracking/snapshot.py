@@ -56,6 +56,8 @@ def load(snapshots_dir: Path, delivery_id: int) -> list[PublishedUrl] | None:
     except FileNotFoundError:
         return None
     return [
-        PublishedUrl(int(u["id"]), delivery_id, u["type"], u["url"], u.get("label", ""), bool(u["tracked"]))
+        PublishedUrl(
+            int(u["id"]), delivery_id, u["type"], u["url"], u.get("label", ""), bool(u["tracked"])
+        )
         for u in data["urls"]
     ]

@@ -1,0 +1,419 @@
+"""What the tracking server answers, independent of the HTTP layer.
+
+``TrackingApp.handle_fast`` answers clicks, opens, opt-out visits and ``/health``
+synchronously (verify the token, one dict lookup, one log write): that is the hot path,
+called straight from the hand-written HTTP protocol (``tracking.server``). It returns
+None when a request needs the slow path, ``await handle(request)``: the first token of
+a delivery not cached yet, mirror pages (rendered in a thread), and unsubscriptions
+(fsynced in a thread). ``tracking.asgi`` adapts the same app to ASGI.
+
+Rules (SPEC §4): only GET requests are events; HEAD is answered like GET and logs and
+counts nothing; a bad token answers a plain 404, never a redirect, and is counted in
+``rejected_tokens``; every event is written to the log before its answer is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import msgtrack
+from msgtrack.links.addresses import PATHS, SESSION_COOKIE, VISITOR_COOKIE
+from msgtrack.links.sign import LinkToken, TokenError
+from msgtrack.tracking import pages
+from msgtrack.tracking.eventlog import EventLog
+from msgtrack.tracking.events import Event
+from msgtrack.tracking.urls import TrackedUrl, TrackedUrlCache
+
+if TYPE_CHECKING:
+    from msgtrack.context import Context
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATH = "/health"
+# The path prefixes the tracking server owns (the ASGI adapter routes these to it).
+TOKEN_PREFIXES: tuple[str, ...] = tuple(PATHS.values())
+TRACKING_PREFIXES: tuple[str, ...] = (*TOKEN_PREFIXES, HEALTH_PATH)
+KIND_BY_PREFIX: dict[str, str] = {prefix: kind for kind, prefix in PATHS.items()}
+OPT_OUT_PREFIX = PATHS["opt-out"]
+
+VISITOR_MAX_AGE = 400 * 24 * 3600  # browsers cap cookie lifetimes at 400 days
+USER_AGENT_MAX = 1024
+MIRROR_RENDERERS_CACHED = 64
+_VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+_VISITOR_IN_COOKIE = re.compile(
+    r"(?:^|[;,]\s*)" + VISITOR_COOKIE + r"=([A-Za-z0-9_-]{22})(?=\s*(?:[;,]|$))"
+)
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+def owns_path(path: str) -> bool:
+    """Is ``path`` one of the tracking server's?"""
+    return path == HEALTH_PATH or path.startswith(TOKEN_PREFIXES)
+
+
+class Request:
+    """The parts of an HTTP request the tracking server looks at."""
+
+    __slots__ = ("method", "path", "client", "user_agent", "cookie", "content_type", "body")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        client: str | None = None,
+        user_agent: str | None = None,
+        cookie: str | None = None,
+        content_type: str | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method  # upper case
+        self.path = path  # without the query string
+        self.client = client  # peer address
+        self.user_agent = user_agent
+        self.cookie = cookie
+        self.content_type = content_type
+        self.body = body
+
+
+class Response:
+    """Status, headers (names in canonical case) and body. The HTTP layer adds
+    Content-Length (of ``body``, also for HEAD), Date and Connection."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: Headers = (), body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+# -- fixed answers ------------------------------------------------------------------------
+
+TRANSPARENT_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+_NO_CACHE: Headers = (
+    (b"Cache-Control", b"no-store, no-cache, must-revalidate, max-age=0"),
+    (b"Pragma", b"no-cache"),
+    (b"Expires", b"Thu, 01 Jan 1970 00:00:00 GMT"),
+)
+_HTML = (b"Content-Type", b"text/html; charset=utf-8")
+_PAGE_HEADERS: Headers = (
+    _HTML,
+    (b"Cache-Control", b"no-store"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"X-Frame-Options", b"DENY"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (
+        b"Content-Security-Policy",
+        b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    ),
+)
+
+
+def _page(status: int, body: bytes, extra: Headers = ()) -> Response:
+    return Response(status, _PAGE_HEADERS + extra, body)
+
+
+OPEN_GIF = Response(200, ((b"Content-Type", b"image/gif"), *_NO_CACHE), TRANSPARENT_GIF)
+NOT_FOUND = _page(404, pages.NOT_FOUND)
+BAD_REQUEST = _page(400, pages.BAD_REQUEST)
+TOO_LARGE = _page(413, pages.TOO_LARGE)
+HEADERS_TOO_LARGE = _page(431, pages.HEADERS_TOO_LARGE)
+SERVER_ERROR = _page(500, pages.SERVER_ERROR)
+UNAVAILABLE = _page(503, pages.UNAVAILABLE, ((b"Retry-After", b"60"),))
+UNSUBSCRIBED = _page(200, pages.UNSUBSCRIBED)
+NOTHING_TO_CONFIRM = _page(400, pages.NOTHING_TO_CONFIRM)
+_TEXT_HEADERS: Headers = (
+    (b"Content-Type", b"text/plain; charset=utf-8"),
+    (b"Cache-Control", b"no-store"),
+)
+ONE_CLICK_DONE = Response(200, _TEXT_HEADERS, pages.ONE_CLICK_DONE)
+GET_ONLY = _page(405, pages.METHOD_NOT_ALLOWED, ((b"Allow", b"GET, HEAD"),))
+GET_OR_POST = _page(405, pages.METHOD_NOT_ALLOWED, ((b"Allow", b"GET, HEAD, POST"),))
+MIRROR_HEADERS: Headers = (
+    _HTML,
+    (b"Content-Security-Policy", b"sandbox"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Cache-Control", b"private, no-store"),
+    (b"Referrer-Policy", b"no-referrer"),
+)
+_REDIRECT_CACHE = (b"Cache-Control", b"no-store")
+_JSON_HEADERS: Headers = ((b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"))
+
+
+class TrackingApp:
+    def __init__(self, ctx: Context, log: EventLog) -> None:
+        self.ctx = ctx
+        self.log = log
+        self.keyring = ctx.keyring
+        settings = ctx.settings
+        self.urls = TrackedUrlCache(settings.snapshots_dir, lambda: ctx.engine)
+        self.rejected_tokens = 0
+        secure = b"; Secure" if settings.is_https else b""
+        attributes = b"; Path=/; HttpOnly; SameSite=Lax" + secure
+        # "name=%s; attributes": the value is filled in per click
+        visitor_tail = b"; Max-Age=%d%s" % (VISITOR_MAX_AGE, attributes)
+        self._visitor_cookie = VISITOR_COOKIE.encode() + b"=%s" + visitor_tail
+        self._session_cookie = SESSION_COOKIE.encode() + b"=%s" + attributes
+        self._renderers: OrderedDict[int, _MirrorRenderer] = OrderedDict()
+        self._renderers_lock = threading.Lock()
+
+    # -- fast path ---------------------------------------------------------------------
+
+    def handle_fast(self, req: Request) -> Response | None:
+        """The answer, or None when the request needs ``await handle(req)``."""
+        method = req.method
+        path = req.path
+        head = method == "HEAD"
+        if method != "GET" and not head:
+            if method == "POST" and path.startswith(OPT_OUT_PREFIX):
+                return None
+            if path.startswith(OPT_OUT_PREFIX):
+                return GET_OR_POST
+            return GET_ONLY if owns_path(path) else NOT_FOUND
+        kind = KIND_BY_PREFIX.get(path[:3])
+        if kind is None:
+            return self.health(head) if path == HEALTH_PATH else NOT_FOUND
+        token = self._verify(path[3:], head)
+        if token is None:
+            return NOT_FOUND
+        url = self.urls.get(token.delivery_id, token.url_id)
+        if url is None:
+            if self.urls.should_load(token.delivery_id):
+                return None
+            return self._reject(head)
+        if kind == "mirror":
+            return None
+        return self._answer(kind, url, token, req, head)
+
+    def _verify(self, text: str, head: bool) -> LinkToken | None:
+        try:
+            return self.keyring.verify_link(text)
+        except TokenError:
+            if not head:
+                self.rejected_tokens += 1
+            return None
+
+    def _reject(self, head: bool) -> Response:
+        if not head:
+            self.rejected_tokens += 1
+        return NOT_FOUND
+
+    def _answer(
+        self, kind: str, url: TrackedUrl, token: LinkToken, req: Request, head: bool
+    ) -> Response:
+        if url.type != kind:
+            return self._reject(head)
+        if kind == "click":
+            location = url.destination(token.values)
+            if location is None:
+                return self._reject(head)
+            return self._click(token, location, req, head)
+        if kind == "open":
+            if not head:
+                self.log.append(self._event("open", token, req))
+            return OPEN_GIF
+        # opt-out visit: a page with the confirming form
+        if not head:
+            self.log.append(self._event("opt-out", token, req))
+        return _page(200, pages.opt_out_confirmation(req.path))
+
+    def _click(self, token: LinkToken, location: str, req: Request, head: bool) -> Response:
+        headers: Headers = ((b"Location", location.encode("ascii")), _REDIRECT_CACHE)
+        if head:
+            return Response(302, headers)
+        visitor = self._visitor(req.cookie) or secrets.token_urlsafe(16)
+        event = self._event("click", token, req, visitor, token.values)
+        self.log.append(event)  # False means dropped and counted: the person still goes on
+        session = self.keyring.sign_session(token.delivery_id, token.message_id)
+        return Response(
+            302,
+            headers
+            + (
+                (b"Set-Cookie", self._visitor_cookie % visitor.encode()),
+                (b"Set-Cookie", self._session_cookie % session.encode()),
+            ),
+        )
+
+    @staticmethod
+    def _visitor(cookie: str | None) -> str | None:
+        """The visitor id the browser already carries, when well-formed."""
+        if not cookie or VISITOR_COOKIE not in cookie:
+            return None
+        match = _VISITOR_IN_COOKIE.search(cookie)
+        return match.group(1) if match else None
+
+    def _event(
+        self,
+        kind: str,
+        token: LinkToken,
+        req: Request,
+        visitor: str | None = None,
+        values: tuple[str, ...] = (),
+        source: str | None = None,
+    ) -> Event:
+        ua = req.user_agent
+        return Event(
+            t=time.time(),
+            kind=kind,
+            delivery_id=token.delivery_id,
+            message_id=token.message_id,
+            url_id=token.url_id,
+            visitor_id=visitor if visitor is not None else self._visitor(req.cookie),
+            ip=req.client,
+            user_agent=ua[:USER_AGENT_MAX] if ua else None,
+            values=values,
+            source=source,
+        )
+
+    def health(self, head: bool = False) -> Response:
+        stats = self.log.stats
+        body = json.dumps(
+            {
+                "status": "ok",
+                "version": msgtrack.__version__,
+                "events_written": stats["written"],
+                "events_dropped": stats["dropped"],
+                "rejected_tokens": self.rejected_tokens,
+            }
+        ).encode()
+        return Response(200, _JSON_HEADERS, body)
+
+    # -- slow path ---------------------------------------------------------------------
+
+    async def handle(self, req: Request) -> Response:
+        """Answer any request (the fast path first, then what needs waiting)."""
+        response = self.handle_fast(req)
+        if response is not None:
+            return response
+        try:
+            return await self._handle_slow(req)
+        except Exception:
+            log.exception("tracking request %s %s failed", req.method, req.path)
+            return SERVER_ERROR
+
+    async def _handle_slow(self, req: Request) -> Response:
+        head = req.method == "HEAD"
+        post = req.method == "POST"
+        kind = "unsubscribe" if post else KIND_BY_PREFIX[req.path[:3]]
+        token = self._verify(req.path[3:], head)
+        if token is None:
+            return NOT_FOUND
+        loop = asyncio.get_running_loop()
+        url = self.urls.get(token.delivery_id, token.url_id)
+        if url is None:
+            url = await loop.run_in_executor(None, self.urls.find, token.delivery_id, token.url_id)
+            if url is None:
+                return self._reject(head)
+        if post:
+            if url.type != "opt-out":
+                return self._reject(head)
+            return await self._unsubscribe(token, req)
+        if kind == "mirror":
+            if url.type != "mirror":
+                return self._reject(head)
+            return await self._mirror(token, req, head)
+        return self._answer(kind, url, token, req, head)
+
+    async def _unsubscribe(self, token: LinkToken, req: Request) -> Response:
+        source = unsubscribe_source(req.content_type, req.body)
+        if source is None:
+            return NOTHING_TO_CONFIRM
+        event = self._event("unsubscribe", token, req, source=source)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.log.append_durable, event)
+        except OSError:
+            return UNAVAILABLE  # never acknowledged unless it is on disk
+        return ONE_CLICK_DONE if source == "one-click" else UNSUBSCRIBED
+
+    async def _mirror(self, token: LinkToken, req: Request, head: bool) -> Response:
+        loop = asyncio.get_running_loop()
+        try:
+            html = await loop.run_in_executor(
+                None, self._render_mirror, token.delivery_id, token.message_id
+            )
+        except ImportError:
+            log.error("mirror pages need msgtrack.delivery.render, which is not installed")
+            return UNAVAILABLE
+        if html is None:
+            return NOT_FOUND
+        if not head:
+            self.log.append(self._event("mirror", token, req))
+        return Response(200, MIRROR_HEADERS, html.encode("utf-8"))
+
+    def _render_mirror(self, delivery_id: int, message_id: int) -> str | None:
+        """The message as its recipient saw it (blocking: runs in a thread)."""
+        with self._renderers_lock:
+            entry = self._renderers.get(delivery_id)
+            if entry is None:
+                entry = self._renderers[delivery_id] = _MirrorRenderer()
+                while len(self._renderers) > MIRROR_RENDERERS_CACHED:
+                    self._renderers.popitem(last=False)
+            else:
+                self._renderers.move_to_end(delivery_id)
+        # A renderer is not thread-safe: one render at a time per delivery.
+        with entry.lock:
+            if entry.renderer is None:
+                from msgtrack.delivery.render import MessageRenderer
+
+                try:
+                    entry.renderer = MessageRenderer(self.ctx, delivery_id)
+                except LookupError:
+                    return None
+            result: str | None = entry.renderer.render_mirror(message_id)
+        return result
+
+
+class _MirrorRenderer:
+    __slots__ = ("lock", "renderer")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.renderer: Any = None
+
+
+def unsubscribe_source(content_type: str | None, body: bytes) -> str | None:
+    """'one-click' for an RFC 8058 POST (``List-Unsubscribe=One-Click``), 'form' for
+    the confirmation form's POST (``confirm=yes``), None for anything else."""
+    fields = _form_fields(content_type or "", body)
+    if fields.get("list-unsubscribe", "").strip().lower() == "one-click":
+        return "one-click"
+    if fields.get("confirm", "").strip().lower() == "yes":
+        return "form"
+    return None
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """Form fields (names lower-cased, first value wins) from a urlencoded or
+    multipart body (RFC 8058 allows both)."""
+    fields: dict[str, str] = {}
+    if content_type.lower().startswith("multipart/form-data"):
+        match = re.search(r'boundary="?([^";]+)"?', content_type, re.I)
+        if not match:
+            return fields
+        boundary = b"--" + match.group(1).encode("latin-1")
+        for part in body.split(boundary)[1:]:
+            head, sep, value = part.partition(b"\r\n\r\n")
+            named = re.search(rb'\bname="([^"]*)"', head)
+            if sep and named:
+                text = value.removesuffix(b"\r\n").decode("utf-8", "replace")
+                fields.setdefault(named.group(1).decode("utf-8", "replace").lower(), text)
+        return fields
+    try:
+        text = body.decode("utf-8", "replace")
+        parsed = parse_qs(text, keep_blank_values=True, max_num_fields=20)
+    except ValueError:
+        return fields
+    for name, values in parsed.items():
+        fields.setdefault(name.lower(), values[0])
+    return fields
