@@ -1,4 +1,4 @@
-"""Personalized tracked URLs: ``https://shop.example/p/{{ recipient.id }}?n={{ recipient.first_name }}``.
+"""Personalized tracked URLs: ``https://shop.example/p/{{ recipient.id }}?n={{ recipient.name }}``.
 
 A tracked URL is stored once, as written. Its template expressions may appear only
 after the first ``/`` of the path, so no value can ever reach the scheme, the host or
@@ -59,7 +59,9 @@ def parse_url_template(url: str) -> UrlTemplate:
     pos = 0
     for match in EXPR.finditer(url):
         literals.append(url[pos : match.start()])
-        expr = match.group(1).strip()
+        expr = match.group(1)
+        # "{{- x -}}": the dashes are Jinja whitespace control, not part of the expression.
+        expr = expr.removeprefix("-").removesuffix("-").strip()
         if not expr:
             raise PersonalizationError(f"empty expression in link: {url}")
         expressions.append(expr)

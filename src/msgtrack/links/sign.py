@@ -131,7 +131,9 @@ class KeyRing:
     def load(cls, path: Path) -> KeyRing:
         data = json.loads(path.read_text())
         keys = {
-            int(kid): SigningKey(int(kid), bytes.fromhex(k["secret"]), k["created_at"], k.get("retired_at"))
+            int(kid): SigningKey(
+                int(kid), bytes.fromhex(k["secret"]), k["created_at"], k.get("retired_at")
+            )
             for kid, k in data["keys"].items()
         }
         return cls(keys, int(data["active"]))
@@ -140,7 +142,11 @@ class KeyRing:
         data = {
             "active": self.active,
             "keys": {
-                str(k.key_id): {"secret": k.secret.hex(), "created_at": k.created_at, "retired_at": k.retired_at}
+                str(k.key_id): {
+                    "secret": k.secret.hex(),
+                    "created_at": k.created_at,
+                    "retired_at": k.retired_at,
+                }
                 for k in self.keys.values()
             },
         }
@@ -216,14 +222,19 @@ class KeyRing:
         return f"{body}.{_b64encode(mac)}"
 
     def verify_session(self, text: str) -> tuple[int, int]:
+        if len(text) > 200:  # also keeps int() below its digit limit
+            raise TokenError("bad session")
         parts = text.split(".")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
+        # isascii: str.isdigit() also accepts digits int() refuses, such as "²".
+        if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts[:3]):
             raise TokenError("bad session")
         key = self._verifying_key(int(parts[0]))
         body = ".".join(parts[:3])
         if body != f"{int(parts[0])}.{int(parts[1])}.{int(parts[2])}":
             raise TokenError("non-canonical session")
-        if not hmac.compare_digest(_b64encode(key.mac(PURPOSE_SESSION, body.encode(), MAC_BYTES)), parts[3]):
+        expected = _b64encode(key.mac(PURPOSE_SESSION, body.encode(), MAC_BYTES))
+        # bytes: compare_digest refuses str with non-ASCII characters (TypeError)
+        if not hmac.compare_digest(expected.encode(), parts[3].encode()):
             raise TokenError("bad signature")
         return int(parts[1]), int(parts[2])
 
