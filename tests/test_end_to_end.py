@@ -101,7 +101,9 @@ def links_of(message: EmailMessage) -> dict[str, Any]:
     if text_part is not None:
         text = text_part.get_content()
         out["text"] = text
-        out["text_products"] = re.search(r"Our products: (\S+?)\.?$", text, re.M).group(1)  # type: ignore[union-attr]
+        found = re.search(r"Our products: (\S+?)\.?\s*$", text, re.M)
+        assert found, text
+        out["text_products"] = found.group(1)
     return out
 
 
