@@ -45,22 +45,50 @@ def main() -> None:
         csv_path = ctx.settings.home / "people.csv"
         write_recipients_csv(csv_path, args.recipients)
         import_recipients_csv(ctx, csv_path)
-        html = "<html><body>" + "".join(f'<a href="https://shop.example/p/{i}">p{i}</a>' for i in range(20)) + "</body></html>"
+        html = (
+            "<html><body>"
+            + "".join(f'<a href="https://shop.example/p/{i}">p{i}</a>' for i in range(20))
+            + "</body></html>"
+        )
         delivery_id = create_delivery(ctx, name="bench", subject="s", html=html, text=None)
         prepare_delivery(ctx, delivery_id)
         with ctx.engine.connect() as conn:
-            message_ids = [r[0] for r in conn.execute(select(messages.c.id).where(messages.c.delivery_id == delivery_id))]
-            urls = {r.type: [] for r in conn.execute(select(tracked_urls.c.type).where(tracked_urls.c.delivery_id == delivery_id))}
-            for r in conn.execute(select(tracked_urls.c.id, tracked_urls.c.type).where(tracked_urls.c.delivery_id == delivery_id)):
+            message_ids = [
+                r[0]
+                for r in conn.execute(
+                    select(messages.c.id).where(messages.c.delivery_id == delivery_id)
+                )
+            ]
+            urls = {
+                r.type: []
+                for r in conn.execute(
+                    select(tracked_urls.c.type).where(tracked_urls.c.delivery_id == delivery_id)
+                )
+            }
+            for r in conn.execute(
+                select(tracked_urls.c.id, tracked_urls.c.type).where(
+                    tracked_urls.c.delivery_id == delivery_id
+                )
+            ):
                 urls[r.type].append(r.id)
-        log = EventLog(ctx.settings.events_dir, fsync_interval=1.0, max_bytes=64 * 1024 * 1024, max_age=3600)
+        log = EventLog(
+            ctx.settings.events_dir, fsync_interval=1.0, max_bytes=64 * 1024 * 1024, max_age=3600
+        )
         visitors: dict[int, list[str]] = {}
         t0 = time.time() - 86400
         with Timer() as t_write:
             for i in range(args.events):
                 m = rng.choice(message_ids)
                 roll = rng.random()
-                kind = "open" if roll < 0.5 else "click" if roll < 0.97 else "opt-out" if roll < 0.985 else "mirror"
+                kind = (
+                    "open"
+                    if roll < 0.5
+                    else "click"
+                    if roll < 0.97
+                    else "opt-out"
+                    if roll < 0.985
+                    else "mirror"
+                )
                 if kind == "click":
                     seen = visitors.setdefault(m, [secrets.token_urlsafe(16)])
                     if rng.random() < 0.05:
@@ -70,7 +98,9 @@ def main() -> None:
                 else:
                     visitor = None
                     url_id = urls[kind][0]
-                log.append(Event(t0 + i * 0.05, kind, delivery_id, m, url_id, visitor, "192.0.2.1", UA))
+                log.append(
+                    Event(t0 + i * 0.05, kind, delivery_id, m, url_id, visitor, "192.0.2.1", UA)
+                )
         log.close()
         with Timer() as t_ingest:
             stats = ingest_once(ctx, batch_size=10_000)
@@ -79,7 +109,9 @@ def main() -> None:
     rate = stats.loaded / t_ingest.seconds
     print(f"backend={args.backend} events={args.events} recipients={args.recipients}")
     print(f"event log written in {t_write.seconds:.1f} s")
-    print(f"ingest: {t_ingest.seconds:.1f} s, {rate:,.0f} events/s (loaded={stats.loaded}, rejected={stats.rejected})")
+    print(
+        f"ingest: {t_ingest.seconds:.1f} s, {rate:,.0f} events/s (loaded={stats.loaded}, rejected={stats.rejected})"
+    )
     print(f"second pass (nothing new): {t_again.seconds:.2f} s, loaded={again.loaded}")
 
 

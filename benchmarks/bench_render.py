@@ -52,9 +52,14 @@ def newsletter() -> tuple[str, str]:
 </td></tr></table>
 </body></html>
 """
-    text = "Hello {{ recipient.first_name }},\n\n" + "".join(
-        f"Article {n}: https://shop.example/article/{n}?utm_source=news&utm_medium=email\n" for n in range(13)
-    ) + "\nUnsubscribe: {{ unsubscribe_url }}\n"
+    text = (
+        "Hello {{ recipient.first_name }},\n\n"
+        + "".join(
+            f"Article {n}: https://shop.example/article/{n}?utm_source=news&utm_medium=email\n"
+            for n in range(13)
+        )
+        + "\nUnsubscribe: {{ unsubscribe_url }}\n"
+    )
     return html, text
 
 
@@ -69,15 +74,19 @@ def main() -> None:
         write_recipients_csv(csv_path, args.recipients)
         with Timer() as t_import:
             import_recipients_csv(ctx, csv_path)
-        delivery_id = create_delivery(ctx, name="bench", subject="News for {{ recipient.first_name }}", html=html, text=text)
+        delivery_id = create_delivery(
+            ctx, name="bench", subject="News for {{ recipient.first_name }}", html=html, text=text
+        )
         outbox = ctx.settings.home / "outbox"
         with Timer() as t_send:
             report = send_delivery(ctx, delivery_id, OutboxTransport(outbox))
         total_bytes = sum(p.stat().st_size for p in outbox.iterdir())
     print(f"backend={args.backend} recipients={args.recipients} html_bytes={len(html)}")
     print(f"import: {t_import.seconds:.1f} s ({args.recipients / t_import.seconds:,.0f} rows/s)")
-    print(f"send to outbox: {t_send.seconds:.1f} s, {report.sent / t_send.seconds:,.0f} messages/s, "
-          f"{total_bytes / report.sent / 1024:.1f} KiB per message, sent={report.sent}")
+    print(
+        f"send to outbox: {t_send.seconds:.1f} s, {report.sent / t_send.seconds:,.0f} messages/s, "
+        f"{total_bytes / report.sent / 1024:.1f} KiB per message, sent={report.sent}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,15 @@ from msgtrack.context import Context
 from msgtrack.setup import ensure_ready
 
 PG_ADMIN_URL = os.environ.get("MSGTRACK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-DOMAINS = ["gmail.com", "yahoo.com", "hotmail.com", "orange.fr", "example.com", "outlook.com", "gmx.de"]
+DOMAINS = [
+    "gmail.com",
+    "yahoo.com",
+    "hotmail.com",
+    "orange.fr",
+    "example.com",
+    "outlook.com",
+    "gmx.de",
+]
 
 
 @contextmanager
@@ -52,14 +60,16 @@ def write_recipients_csv(path: Path, count: int, seed: int = 1) -> None:
         w = csv.writer(f)
         w.writerow(["email", "first_name", "last_name", "email_format", "customer_id", "city"])
         for i in range(count):
-            w.writerow([
-                f"user{i}@{rng.choice(DOMAINS)}",
-                rng.choice(["Ann", "Bruno", "Chloé", "Dmitri", "Eve", "Farid"]),
-                rng.choice(["Martin", "Bernard", "Dubois", "Müller", "Smith"]),
-                "text" if rng.random() < 0.05 else "html",
-                f"C{i:07d}",
-                rng.choice(["Paris", "Lyon", "Berlin", "Madrid"]),
-            ])
+            w.writerow(
+                [
+                    f"user{i}@{rng.choice(DOMAINS)}",
+                    rng.choice(["Ann", "Bruno", "Chloé", "Dmitri", "Eve", "Farid"]),
+                    rng.choice(["Martin", "Bernard", "Dubois", "Müller", "Smith"]),
+                    "text" if rng.random() < 0.05 else "html",
+                    f"C{i:07d}",
+                    rng.choice(["Paris", "Lyon", "Berlin", "Madrid"]),
+                ]
+            )
 
 
 class Timer:

@@ -57,7 +57,9 @@ def pg_template() -> Iterator[str | None]:
 
 
 @pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_template: str | None) -> Iterator[str]:
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_template: str | None
+) -> Iterator[str]:
     """A fresh, migrated database of each backend."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'home' / 'msgtrack.db'}"

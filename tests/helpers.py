@@ -20,13 +20,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def msgtrack(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def msgtrack(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``msgtrack`` command in a subprocess."""
     result = subprocess.run(
-        [sys.executable, "-m", "msgtrack", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "msgtrack", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"msgtrack {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        command = " ".join(args)
+        raise AssertionError(
+            f"msgtrack {command} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -34,7 +43,10 @@ def msgtrack(env: dict[str, str], *args: str, check: bool = True, timeout: float
 def running(env: dict[str, str], *args: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``msgtrack ARGS`` and wait until ``/health`` answers; SIGTERM at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "msgtrack", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "msgtrack", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30
     try:

@@ -22,7 +22,6 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
 from tests.helpers import free_port, msgtrack, running
 
 RECIPIENTS = """email,first_name,last_name,email_format,customer_id
@@ -63,7 +62,14 @@ class Mailbox:
     def __init__(self) -> None:
         self.received: list[tuple[str, list[str], bytes]] = []
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:  # noqa: N802
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:  # noqa: N802
         if address.lower() == REFUSED:
             return "550 5.1.1 <henry@example.com>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
@@ -71,7 +77,9 @@ class Mailbox:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         assert envelope.content is not None
-        content = envelope.content if isinstance(envelope.content, bytes) else envelope.content.encode()
+        content = (
+            envelope.content if isinstance(envelope.content, bytes) else envelope.content.encode()
+        )
         self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos), content))
         return "250 Message accepted"
 
@@ -96,7 +104,14 @@ def links_of(message: EmailMessage) -> dict[str, Any]:
         html = html_part.get_content()
         hrefs = re.findall(r'href="([^"]*)"', html)
         out["html"] = html
-        out["products"], out["account"], out["mailto"], out["anchor"], out["mirror"], out["optout"] = hrefs
+        (
+            out["products"],
+            out["account"],
+            out["mailto"],
+            out["anchor"],
+            out["mirror"],
+            out["optout"],
+        ) = hrefs
         out["beacon"] = re.search(r'<img src="([^"]+)"', html).group(1)  # type: ignore[union-attr]
     if text_part is not None:
         text = text_part.get_content()
@@ -133,14 +148,35 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "news.html").write_text(HTML)
     (tmp_path / "news.txt").write_text(TEXT)
     refused = msgtrack(
-        env, "deliveries", "create", "--name", "bad", "--subject", "x",
-        "--html", str(_write(tmp_path / "bad.html", '<a href="https://{{ recipient.first_name }}.example/">x</a>')),
+        env,
+        "deliveries",
+        "create",
+        "--name",
+        "bad",
+        "--subject",
+        "x",
+        "--html",
+        str(
+            _write(
+                tmp_path / "bad.html", '<a href="https://{{ recipient.first_name }}.example/">x</a>'
+            )
+        ),
         check=False,
     )
     assert refused.returncode != 0 and "host" in refused.stderr
     created = msgtrack(
-        env, "deliveries", "create", "--name", "November news", "--subject", "Hello {{ recipient.first_name }}",
-        "--html", str(tmp_path / "news.html"), "--text", str(tmp_path / "news.txt"), "--json",
+        env,
+        "deliveries",
+        "create",
+        "--name",
+        "November news",
+        "--subject",
+        "Hello {{ recipient.first_name }}",
+        "--html",
+        str(tmp_path / "news.html"),
+        "--text",
+        str(tmp_path / "news.txt"),
+        "--json",
     )
     delivery_id = json.loads(created.stdout)["id"]
     urls = json.loads(msgtrack(env, "deliveries", "urls", str(delivery_id), "--json").stdout)
@@ -155,7 +191,15 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
     controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        sent = msgtrack(env, "deliveries", "send", str(delivery_id), "--smtp", f"127.0.0.1:{controller.port}", "--json")
+        sent = msgtrack(
+            env,
+            "deliveries",
+            "send",
+            str(delivery_id),
+            "--smtp",
+            f"127.0.0.1:{controller.port}",
+            "--json",
+        )
     finally:
         controller.stop()
     assert json.loads(sent.stdout)["sent"] == 7
@@ -168,8 +212,13 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
         (rcpt,) = rcpt_tos
         received[rcpt.lower()] = links_of(message)
     assert set(received) == {
-        "alice@example.com", "bob@gmail.com", "carol@googlemail.com", "dave@example.org",
-        "erin@example.com", "frank@example.net", "grace@example.com",
+        "alice@example.com",
+        "bob@gmail.com",
+        "carol@googlemail.com",
+        "dave@example.org",
+        "erin@example.com",
+        "frank@example.net",
+        "grace@example.com",
     }
     alice = received["alice@example.com"]
     assert alice["mailto"] == "mailto:help@shop.example" and alice["anchor"] == "#top"
@@ -193,7 +242,10 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
         assert a.get(alice["beacon"]).headers["content-type"] == "image/gif"
         play.did("open", "alice")
         r = a.get(alice["products"])
-        assert r.status_code == 302 and r.headers["location"] == "https://shop.example/products?id=42&ref=mail"
+        assert (
+            r.status_code == 302
+            and r.headers["location"] == "https://shop.example/products?id=42&ref=mail"
+        )
         play.did("click", "alice", visitor_of(a))
         r = a.get(alice["account"])
         assert r.headers["location"] == "https://shop.example/account/c1?name=Alice"
@@ -247,8 +299,12 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
         # Frank unsubscribes with the RFC 8058 one-click POST only: not an open.
         frank = received["frank@example.net"]
         one_click_url = re.search(r"<(https?://[^>]+)>", frank["list_unsubscribe"]).group(1)  # type: ignore[union-attr]
-        r = httpx.post(one_click_url, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
-        assert r.status_code == 200 and "set-cookie" not in r.headers and "location" not in r.headers
+        r = httpx.post(
+            one_click_url, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False
+        )
+        assert (
+            r.status_code == 200 and "set-cookie" not in r.headers and "location" not in r.headers
+        )
         play.unsubscribed.add("frank")
 
         # Grace views the mirror page: an event of her message, no beacon inside.
@@ -264,7 +320,11 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while True:  # the serve loop ingests every half second
             from_api = api.get(f"/api/deliveries/{delivery_id}/indicators").json()
-            if from_api["total_clicks"] == 5 and from_api["unsubscriptions"] == 2 or time.monotonic() > deadline:
+            if (
+                from_api["total_clicks"] == 5
+                and from_api["unsubscriptions"] == 2
+                or time.monotonic() > deadline
+            ):
                 break
             time.sleep(0.3)
         api_tracking = api.get("/api/recipients/ALICE@example.com/tracking").json()
@@ -273,7 +333,9 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
 
     # -- ingest what is left and compare --------------------------------------------------
     msgtrack(env, "ingest")
-    indicators = json.loads(msgtrack(env, "report", "indicators", str(delivery_id), "--json").stdout)
+    indicators = json.loads(
+        msgtrack(env, "report", "indicators", str(delivery_id), "--json").stdout
+    )
 
     to_deliver, text_only = 8, 1
     opened = {e["recipient"] for e in play.events}
@@ -309,23 +371,38 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
 
     domains = {d["domain"]: d for d in indicators["domains"]}
     assert set(domains) == {"example.com", "gmail.com", "example.org", "example.net"}
-    assert (domains["gmail.com"]["sent"], domains["gmail.com"]["opens"], domains["gmail.com"]["clicks"]) == (2, 2, 1)
-    assert (domains["example.com"]["sent"], domains["example.com"]["opens"], domains["example.com"]["clicks"]) == (3, 3, 1)
+    assert (
+        domains["gmail.com"]["sent"],
+        domains["gmail.com"]["opens"],
+        domains["gmail.com"]["clicks"],
+    ) == (2, 2, 1)
+    assert (
+        domains["example.com"]["sent"],
+        domains["example.com"]["opens"],
+        domains["example.com"]["clicks"],
+    ) == (3, 3, 1)
     assert domains["example.net"]["opens"] == 0 and domains["example.org"]["clicks"] == 1
     assert domains["gmail.com"]["raw_reactivity"] == 50.0
 
-    tracking = json.loads(msgtrack(env, "recipients", "tracking", "alice@example.com", "--json").stdout)
+    tracking = json.loads(
+        msgtrack(env, "recipients", "tracking", "alice@example.com", "--json").stdout
+    )
     assert [t["url"] for t in tracking] == [
         "https://shop.example/account/c1?name=Alice",
         "https://shop.example/products?id=42&ref=mail",
     ]
-    assert all(t["delivery_id"] == delivery_id and t["delivery_name"] == "November news" for t in tracking)
+    assert all(
+        t["delivery_id"] == delivery_id and t["delivery_name"] == "November news" for t in tracking
+    )
     assert [t["label"] for t in tracking][1] == "Products"
     assert tracking == api_tracking
 
     # Rebuilt from the tracking logs, the indicators are the same.
     msgtrack(env, "recompute")
-    assert json.loads(msgtrack(env, "report", "indicators", str(delivery_id), "--json").stdout) == indicators
+    assert (
+        json.loads(msgtrack(env, "report", "indicators", str(delivery_id), "--json").stdout)
+        == indicators
+    )
 
 
 def _write(path: Path, text: str) -> Path:

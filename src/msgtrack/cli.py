@@ -128,7 +128,9 @@ def recipients_import(csv_file: Path, as_json: bool) -> None:
         report = import_recipients_csv(ctx, csv_file)
     except (ValueError, UnicodeDecodeError) as exc:
         _fail(f"cannot read {csv_file}: {exc}")
-    rejected = [{"line": line, "email": email, "reason": reason} for line, email, reason in report.rejected]
+    rejected = [
+        {"line": line, "email": email, "reason": reason} for line, email, reason in report.rejected
+    ]
     if as_json:
         _print_json({"imported": report.imported, "updated": report.updated, "rejected": rejected})
         return
@@ -152,7 +154,8 @@ def recipients_tracking(email: str, as_json: bool) -> None:
         _print_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['clicked_at']}  {row['delivery_name']} (#{row['delivery_id']})  {row['label']}  {row['url']}")
+        delivery = f"{row['delivery_name']} (#{row['delivery_id']})"
+        click.echo(f"{row['clicked_at']}  {delivery}  {row['label']}  {row['url']}")
 
 
 # -- deliveries -------------------------------------------------------------------
@@ -235,7 +238,9 @@ def deliveries_urls(delivery_id: int, as_json: bool) -> None:
         return
     for row in rows:
         state = "tracked" if row["tracked"] else "not tracked"
-        click.echo(f"{row['id']}\t{row['type']}\t{state}\t{row['label']!r}\t{row['category']}\t{row['url']}")
+        click.echo(
+            f"{row['id']}\t{row['type']}\t{state}\t{row['label']!r}\t{row['category']}\t{row['url']}"
+        )
 
 
 @deliveries.command("url")
@@ -272,7 +277,9 @@ def deliveries_url(
 @click.option("--starttls", is_flag=True, help="STARTTLS on the SMTP connection.")
 @click.option("--tls", is_flag=True, help="Implicit TLS (SMTPS).")
 @click.option("--smtp-user", envvar="MSGTRACK_SMTP_USER")
-@click.option("--smtp-password", envvar="MSGTRACK_SMTP_PASSWORD", help="Better: MSGTRACK_SMTP_PASSWORD.")
+@click.option(
+    "--smtp-password", envvar="MSGTRACK_SMTP_PASSWORD", help="Better: MSGTRACK_SMTP_PASSWORD."
+)
 @click.option("--concurrency", type=int, default=4, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def deliveries_send(
@@ -350,7 +357,9 @@ def serve(host: str, port: int) -> None:
     from msgtrack.serve import run_serve
 
     ctx = _context()
-    click.echo(f"msgtrack {__version__} on http://{host}:{port} (home {ctx.settings.home})", err=True)
+    click.echo(
+        f"msgtrack {__version__} on http://{host}:{port} (home {ctx.settings.home})", err=True
+    )
     run_serve(ctx, host, port)
 
 
@@ -438,7 +447,8 @@ def report_indicators(delivery_id: int, as_json: bool) -> None:
     if domains:
         click.echo("\ndomain                          sent  opens  clicks  reactivity")
         for d in domains:
-            click.echo(f"{d['domain']:<30} {d['sent']:>5} {d['opens']:>6} {d['clicks']:>7} {d['raw_reactivity']:>10}")
+            counts = f"{d['sent']:>5} {d['opens']:>6} {d['clicks']:>7}"
+            click.echo(f"{d['domain']:<30} {counts} {d['raw_reactivity']:>10}")
 
 
 @main.group()

@@ -95,7 +95,9 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         segment_max_bytes=_int("MSGTRACK_SEGMENT_MAX_BYTES", 64 * 1024 * 1024),
         segment_max_age=_float("MSGTRACK_SEGMENT_MAX_AGE", 3600.0),
         send_lease_seconds=_float("MSGTRACK_SEND_LEASE", 30.0),
-        retry_delays=tuple(float(x) for x in retry.split(",")) if retry else (60.0, 300.0, 900.0, 3600.0),
+        retry_delays=tuple(float(x) for x in retry.split(","))
+        if retry
+        else (60.0, 300.0, 900.0, 3600.0),
         max_message_bytes=_int("MSGTRACK_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
         max_render_seconds=_float("MSGTRACK_MAX_RENDER_SECONDS", 2.0),
         ingest_interval=_float("MSGTRACK_INGEST_INTERVAL", 3.0),

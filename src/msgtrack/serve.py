@@ -45,7 +45,9 @@ def run_serve(ctx: Context, host: str, port: int) -> None:
     )
     app = tracking_asgi(TrackingApp(ctx, event_log), fallback=create_api(ctx))
     stop = threading.Event()
-    loop_thread = threading.Thread(target=ingestion_loop, args=(ctx, stop), name="ingest", daemon=True)
+    loop_thread = threading.Thread(
+        target=ingestion_loop, args=(ctx, stop), name="ingest", daemon=True
+    )
     loop_thread.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

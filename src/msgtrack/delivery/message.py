@@ -92,8 +92,9 @@ def text_header(name: str, value: str) -> str:
     """
     if "\r" in value or "\n" in value:
         raise HeaderError(f"the {name} header contains a line break")
-    if value.isascii():
+    if value.isascii() and value.isprintable():
         return header(name, value)
+    # Non-ASCII or control characters: encoded words carry them intact.
     return f"{name}: " + f"{CRLF} ".join(encoded_words(value)) + CRLF
 
 

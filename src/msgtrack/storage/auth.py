@@ -23,5 +23,7 @@ def create_api_token(conn: Connection, name: str = "default") -> str:
 
 
 def api_token_exists(conn: Connection, token: str) -> bool:
-    row = conn.execute(select(api_tokens.c.id).where(api_tokens.c.token_hash == _hash(token))).first()
+    row = conn.execute(
+        select(api_tokens.c.id).where(api_tokens.c.token_hash == _hash(token))
+    ).first()
     return row is not None

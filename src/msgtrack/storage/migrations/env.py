@@ -8,7 +8,9 @@ from msgtrack.storage.db import make_engine
 from msgtrack.storage.schema import metadata
 
 config = context.config
-engine = config.attributes.get("engine") or make_engine(config.get_main_option("sqlalchemy.url") or "")
+engine = config.attributes.get("engine") or make_engine(
+    config.get_main_option("sqlalchemy.url") or ""
+)
 
 with engine.connect() as connection:
     context.configure(
