@@ -147,7 +147,7 @@ def recipients_tracking(email: str, as_json: bool) -> None:
     from msgtrack.reports.recipients import recipient_tracking
 
     ctx = _context()
-    rows = recipient_tracking(ctx.engine, email)
+    rows = recipient_tracking(ctx.reader, email)
     if rows is None:
         _fail(f"no recipient {email}")
     if as_json:
@@ -214,13 +214,45 @@ def deliveries_list(as_json: bool) -> None:
     from msgtrack.storage.deliveries import list_deliveries
 
     ctx = _context()
-    with ctx.engine.connect() as conn:
+    with ctx.reader.connect() as conn:
         rows = [dict(r) for r in list_deliveries(conn)]
     if as_json:
         _print_json(rows)
         return
     for row in rows:
         click.echo(f"{row['id']}\t{row['state']}\t{row['name']}")
+
+
+@deliveries.command("show")
+@click.argument("delivery_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_show(delivery_id: int, as_json: bool) -> None:
+    """A delivery's state, analysis (exclusions by cause) and messages by status."""
+    from dataclasses import asdict
+
+    from msgtrack.storage.deliveries import get_delivery
+    from msgtrack.storage.messages import message_counts
+
+    ctx = _context()
+    with ctx.reader.connect() as conn:
+        row = get_delivery(conn, delivery_id)
+        if row is None:
+            _fail(f"no delivery {delivery_id}")
+        counts = asdict(message_counts(conn, delivery_id))
+    keep = (
+        "id name subject from_addr state created_at prepared_at started_at sent_at "
+        "initial_population rejected_quarantined rejected_denylisted rejected_opted_out "
+        "rejected_invalid rejected_duplicate to_deliver last_error"
+    ).split()
+    data = {key: row[key] for key in keep}
+    data["messages"] = counts
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        if key != "messages":
+            click.echo(f"{key:<22} {value}")
+    click.echo("messages               " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
 
 
 @deliveries.command("urls")
@@ -231,7 +263,7 @@ def deliveries_urls(delivery_id: int, as_json: bool) -> None:
     from msgtrack.storage.deliveries import tracked_urls
 
     ctx = _context()
-    with ctx.engine.connect() as conn:
+    with ctx.reader.connect() as conn:
         rows = [dict(r) for r in tracked_urls(conn, delivery_id)]
     if as_json:
         _print_json(rows)
@@ -434,7 +466,7 @@ def report_indicators(delivery_id: int, as_json: bool) -> None:
     from msgtrack.reports.indicators import delivery_indicators
 
     ctx = _context()
-    data = delivery_indicators(ctx.engine, delivery_id)
+    data = delivery_indicators(ctx.reader, delivery_id)
     if data is None:
         _fail(f"no delivery {delivery_id}")
     if as_json:

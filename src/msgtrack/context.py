@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from msgtrack.config import Settings, load_settings
 from msgtrack.links.sign import KeyRing, load_keyring
-from msgtrack.storage.db import make_engine
+from msgtrack.storage.db import make_engine, read_only
 
 
 @dataclass
@@ -19,6 +19,11 @@ class Context:
     @cached_property
     def engine(self) -> Engine:
         return make_engine(self.settings.db_url)
+
+    @cached_property
+    def reader(self) -> Engine:
+        """The engine for read-only work (no write lock on SQLite)."""
+        return read_only(self.engine)
 
     @cached_property
     def keyring(self) -> KeyRing:

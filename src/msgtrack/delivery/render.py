@@ -142,7 +142,7 @@ class MessageRenderer:
         settings = ctx.settings
         self.settings = settings
         self.keyring = ctx.keyring
-        with ctx.engine.connect() as conn:
+        with ctx.reader.connect() as conn:
             delivery = get_delivery(conn, self.delivery_id)
             if delivery is None:
                 raise LookupError(f"no delivery {delivery_id}")
@@ -341,7 +341,7 @@ class MessageRenderer:
         ``text_only``); their recipients are loaded in one query.
         """
         ids = [m["recipient_id"] for m in messages if m["recipient_id"] is not None]
-        with self.ctx.engine.connect() as conn:
+        with self.ctx.reader.connect() as conn:
             profiles = recipients_by_ids(conn, ids)
         out: list[bytes | RenderError] = []
         for message in messages:
@@ -358,7 +358,7 @@ class MessageRenderer:
         Raises ``RenderError`` when it cannot be rendered."""
         if self.mirror is None:
             return None
-        with self.ctx.engine.connect() as conn:
+        with self.ctx.reader.connect() as conn:
             row = message_for_mirror(conn, int(message_id))
         if row is None or int(row["delivery_id"]) != self.delivery_id:
             return None

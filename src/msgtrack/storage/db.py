@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "msgtrack_read_only"
 
 
 def normalize_url(url: str) -> str:
@@ -49,9 +50,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # BEGIN IMMEDIATE: take the write lock at the start, so two writers queue on
-            # the busy timeout instead of failing on lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers: BEGIN IMMEDIATE takes the write lock at the start, so two writers
+            # queue on the busy timeout instead of failing on lock upgrade. Readers (see
+            # ``read_only``) take none: WAL lets them read while a writer writes.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         # pysqlite must not emit its own BEGIN: SQLAlchemy's begin event does it.
         @event.listens_for(engine, "connect")
@@ -60,6 +65,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same pool, for connections that only read (reports, API, tracking lookups):
+    on SQLite they never take the write lock, so ingestion cannot stall them."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def alembic_config(engine: Engine) -> Any:

@@ -157,7 +157,7 @@ class TrackingApp:
         self.log = log
         self.keyring = ctx.keyring
         settings = ctx.settings
-        self.urls = TrackedUrlCache(settings.snapshots_dir, lambda: ctx.engine)
+        self.urls = TrackedUrlCache(settings.snapshots_dir, lambda: ctx.reader)
         self.rejected_tokens = 0
         secure = b"; Secure" if settings.is_https else b""
         attributes = b"; Path=/; HttpOnly; SameSite=Lax" + secure

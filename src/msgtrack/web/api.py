@@ -32,7 +32,7 @@ def create_api(ctx: Context) -> FastAPI:
     )
 
     def _check_token(token: str) -> bool:
-        with ctx.engine.connect() as conn:
+        with ctx.reader.connect() as conn:
             return api_token_exists(conn, token)
 
     async def require_token(
@@ -48,7 +48,7 @@ def create_api(ctx: Context) -> FastAPI:
         """Tracking indicators of one delivery (SPEC §6), with the per-domain table."""
         if not 0 < delivery_id < 2**63:
             raise HTTPException(404, "no such delivery")
-        result = await asyncio.to_thread(delivery_indicators, ctx.engine, delivery_id)
+        result = await asyncio.to_thread(delivery_indicators, ctx.reader, delivery_id)
         if result is None:
             raise HTTPException(404, "no such delivery")
         return result
@@ -56,7 +56,7 @@ def create_api(ctx: Context) -> FastAPI:
     @app.get("/api/recipients/{email}/tracking", dependencies=[Depends(require_token)])
     async def tracking(email: str) -> list[dict[str, Any]]:
         """Every click of one recipient across deliveries, newest first."""
-        result = await asyncio.to_thread(recipient_tracking, ctx.engine, email)
+        result = await asyncio.to_thread(recipient_tracking, ctx.reader, email)
         if result is None:
             raise HTTPException(404, "no such recipient")
         return result
