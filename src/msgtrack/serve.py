@@ -36,13 +36,7 @@ def run_serve(ctx: Context, host: str, port: int) -> None:
     from msgtrack.tracking.eventlog import EventLog
     from msgtrack.web.api import create_api
 
-    settings = ctx.settings
-    event_log = EventLog(
-        settings.events_dir,
-        fsync_interval=settings.fsync_interval,
-        max_bytes=settings.segment_max_bytes,
-        max_age=settings.segment_max_age,
-    )
+    event_log = EventLog.from_settings(ctx.settings)
     app = tracking_asgi(TrackingApp(ctx, event_log), fallback=create_api(ctx))
     stop = threading.Event()
     loop_thread = threading.Thread(

@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from msgtrack.config import Settings
 from msgtrack.tracking.events import Event, encode_event
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,16 @@ def node_name(node: str | None = None) -> str:
 class EventLog:
     """The event log of one process. Thread-safe; ``append`` is cheap enough for the
     request path (one encode, one lock, one ``write``)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventLog:
+        """The log under ``MSGTRACK_HOME/events`` with the configured fsync and rotation."""
+        return cls(
+            settings.events_dir,
+            fsync_interval=settings.fsync_interval,
+            max_bytes=settings.segment_max_bytes,
+            max_age=settings.segment_max_age,
+        )
 
     def __init__(
         self,

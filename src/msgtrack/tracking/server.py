@@ -425,13 +425,7 @@ Ready = Callable[[str, int], None]
 
 async def serve(ctx: Context, host: str, port: int, *, ready: Ready | None = None) -> None:
     """Serve until SIGTERM/SIGINT; ``ready(host, port)`` is called once listening."""
-    settings = ctx.settings
-    event_log = EventLog(
-        settings.events_dir,
-        fsync_interval=settings.fsync_interval,
-        max_bytes=settings.segment_max_bytes,
-        max_age=settings.segment_max_age,
-    )
+    event_log = EventLog.from_settings(ctx.settings)
     try:
         app = TrackingApp(ctx, event_log)
         await _serve_app(app, host, port, ready)

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import Engine
 
 from msgtrack.links.personalize import PersonalizationError, UrlTemplate, parse_url_template
-from msgtrack.storage.tracked_urls import tracked_urls_of_delivery
+from msgtrack.storage.deliveries import tracked_urls
 from msgtrack.tracking import snapshot
 
 log = logging.getLogger(__name__)
@@ -137,13 +137,14 @@ class TrackedUrlCache:
             self._merge(delivery_id, ((u.id, u.type, u.url, u.label) for u in published))
         if (delivery_id, url_id) not in self._urls and self._engine is not None:
             try:
-                rows = tracked_urls_of_delivery(self._engine(), delivery_id)
+                with self._engine().connect() as conn:
+                    rows = tracked_urls(conn, delivery_id)
             except Exception as exc:  # noqa: BLE001 - a database outage is a miss, not a crash
                 log.warning("tracked URLs of delivery %s unreadable: %s", delivery_id, exc)
                 self.stats["load_errors"] += 1
             else:
                 self.stats["db_loads"] += 1
-                self._merge(delivery_id, ((r.id, r.type, r.url, r.label) for r in rows))
+                self._merge(delivery_id, ((r["id"], r["type"], r["url"], r["label"]) for r in rows))
         self._checked_at[delivery_id] = time.monotonic()
 
     def _merge(self, delivery_id: int, urls: Iterable[tuple[int, str, str, str]]) -> None:
