@@ -2,7 +2,7 @@
 
     python benchmarks/bench_render.py --recipients 100000 [--backend sqlite|postgresql]
 
-A ~40 KB HTML newsletter with 30 links (two personalized), a text part, 5 % text-only
+A ~10 KB HTML newsletter with 30 tracked links (two personalized), a text part, 5 % text-only
 recipients; the whole send run is timed (analysis, rendering, signing every link, MIME
 building, one .eml per message, status updates).
 """

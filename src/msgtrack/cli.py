@@ -173,6 +173,21 @@ def deliveries() -> None:
 @click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--from", "from_addr", help="From address (default MSGTRACK_FROM).")
 @click.option("--exclude", multiple=True, help="Do not track URLs matching this glob (repeatable).")
+@click.option(
+    "--append-params",
+    "append_params",
+    multiple=True,
+    metavar="QUERY",
+    help="Append these parameters (e.g. utm_source=news&utm_medium=email) to every tracked link.",
+)
+@click.option(
+    "--append-params-to",
+    "append_params_to",
+    multiple=True,
+    nargs=2,
+    metavar="GLOB QUERY",
+    help="Append QUERY to the tracked links matching GLOB (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def deliveries_create(
     name: str,
@@ -181,13 +196,21 @@ def deliveries_create(
     text_file: Path | None,
     from_addr: str | None,
     exclude: tuple[str, ...],
+    append_params: tuple[str, ...],
+    append_params_to: tuple[tuple[str, str], ...],
     as_json: bool,
 ) -> None:
     """Create a delivery from an HTML and/or text content; prints its id."""
     from msgtrack.delivery.create import DeliveryError, create_delivery
+    from msgtrack.links.params import ParamRule, ParamRuleError
 
     if html_file is None and text_file is None:
         _fail("give --html FILE and/or --text FILE")
+    try:
+        rules = [ParamRule("*", q) for q in append_params]
+        rules += [ParamRule(glob, q) for glob, q in append_params_to]
+    except ParamRuleError as exc:
+        _fail(str(exc))
     ctx = _context()
     try:
         delivery_id = create_delivery(
@@ -198,6 +221,7 @@ def deliveries_create(
             text=text_file.read_text(encoding="utf-8") if text_file else None,
             from_addr=from_addr,
             exclude=exclude,
+            param_rules=rules,
         )
     except DeliveryError as exc:
         _fail(str(exc))

@@ -15,6 +15,7 @@ from jinja2 import TemplateSyntaxError
 from msgtrack.delivery.message import HeaderError, header
 from msgtrack.delivery.render import template_environments
 from msgtrack.links.addresses import MIRROR_ORDINAL, OPEN_ORDINAL, OPT_OUT_ORDINAL
+from msgtrack.links.params import ParamRule, apply_rules
 from msgtrack.links.personalize import PersonalizationError
 from msgtrack.links.rewrite import prepare_content
 from msgtrack.storage import deliveries as store
@@ -52,10 +53,12 @@ def create_delivery(
     text: str | None,
     from_addr: str | None = None,
     exclude: Sequence[str] = (),
+    param_rules: Sequence[ParamRule] = (),
 ) -> int:
     """Store a draft delivery with its rewritten content and tracked URLs; its id.
 
     ``exclude``: shell-style URL patterns not to track, besides ``settings.exclude_urls``.
+    ``param_rules``: parameters (UTM…) appended to the destinations they match.
     Raises ``DeliveryError``.
     """
     settings = ctx.settings
@@ -92,7 +95,7 @@ def create_delivery(
     urls: list[dict[str, Any]] = [
         {
             "ordinal": link.ordinal,
-            "url": link.url,
+            "url": apply_rules(link.url, param_rules),
             "label": link.label,
             "category": link.category,
             "type": "click",
