@@ -314,6 +314,9 @@ def test_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
         assert "Grace" in r.text and "/o/" not in r.text
         play.did("mirror", "grace")
 
+        # A cron `msgtrack ingest` while the serve loop ingests too: it waits its turn.
+        msgtrack(env, "ingest")
+
         # The API, behind the token, while serving.
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert httpx.get(f"{base}/api/deliveries/{delivery_id}/indicators").status_code == 401

@@ -422,31 +422,57 @@ def serve(host: str, port: int) -> None:
 @main.command("tracking-server")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-def tracking_server(host: str, port: int) -> None:
-    """The public tracking server alone."""
-    from msgtrack.tracking.server import run_tracking_server
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes sharing the port, each with its own event log.",
+)
+def tracking_server(host: str, port: int, workers: int) -> None:
+    """The public tracking server alone (starts without the database: it answers from
+    the published snapshots, and reads the database only for what they lack)."""
+    from msgtrack.tracking.server import ensure_keys, run_tracking_server
 
-    ctx = _context()
+    ctx = Context()
+    ensure_keys(ctx)
     click.echo(f"msgtrack tracking server on http://{host}:{port}", err=True)
-    run_tracking_server(ctx, host, port)
+    run_tracking_server(ctx, host, port, workers)
 
 
 @main.command()
 @click.option("--follow", is_flag=True, help="Keep loading new events.")
-def ingest(follow: bool) -> None:
+@click.option(
+    "--wait",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for a running ingestion (e.g. the `serve` loop) to finish its pass.",
+)
+def ingest(follow: bool, wait: float) -> None:
     """Load new tracking events into the database, exactly once."""
     import time
 
     from msgtrack.ingest.loader import IngestBusy, ingest_once
 
     ctx = _context()
+    loaded = 0
+
+    def progress(lines: int) -> None:
+        nonlocal loaded
+        loaded += lines
+        if sys.stderr.isatty():
+            click.echo(f"\rread {loaded:,} lines", nl=False, err=True)
+
     while True:
         try:
-            stats = ingest_once(ctx)
+            stats = ingest_once(ctx, wait=wait, progress=progress)
         except IngestBusy:
             if not follow:
-                _fail("another ingestion is running", code=3)
+                _fail(f"another ingestion is still running after {wait:g} s", code=3)
         else:
+            if loaded and sys.stderr.isatty():
+                click.echo(err=True)
             if not follow or stats.loaded or stats.rejected:
                 click.echo(
                     f"loaded: {stats.loaded}, duplicates: {stats.duplicates}, "
@@ -527,3 +553,205 @@ def domains_alias(alias: str, domain: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@deliveries.command("messages")
+@click.argument("delivery_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_messages(delivery_id: int, as_json: bool) -> None:
+    """A delivery's messages: address, status and, on failure, its reason and type."""
+    from msgtrack.storage.deliveries import get_delivery
+    from msgtrack.storage.messages import delivery_messages
+
+    ctx = _context()
+    with ctx.reader.connect() as conn:
+        if get_delivery(conn, delivery_id) is None:
+            _fail(f"no delivery {delivery_id}")
+        rows = [
+            {
+                "id": int(r["id"]),
+                "email": r["email"],
+                "status": r["status"],
+                "failure_reason": r["failure_code"],
+                "failure_type": r["failure_type"],
+                "failure_text": r["failure_reason"],
+                "attempts": int(r["attempts"]),
+                "sent_at": r["sent_at"].isoformat() if r["sent_at"] else None,
+            }
+            for r in delivery_messages(conn, delivery_id)
+        ]
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        failure = f"{r['failure_type']}/{r['failure_reason']}" if r["failure_type"] else ""
+        click.echo(f"{r['id']}\t{r['email']}\t{r['status']}\t{failure}")
+
+
+# -- bounces and quarantine ------------------------------------------------------------
+
+
+@main.group()
+def bounces() -> None:
+    """Bounces, complaints and unsubscriptions read back from the bounce mailbox."""
+
+
+@bounces.command("qualify")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def bounces_qualify(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Qualify .eml files or maildirs without touching the database."""
+    import os
+
+    from msgtrack.config import load_settings
+    from msgtrack.delivery.bounces.mailbox import is_maildir, maildir_messages
+    from msgtrack.delivery.bounces.qualify import qualify_message
+    from msgtrack.delivery.bounces.rules import load_rules
+
+    rules = load_rules(load_settings().bounce_rules)
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                maildir_messages(path)
+                if is_maildir(path)
+                else sorted(path / n for n in os.listdir(path) if (path / n).is_file())
+            )
+        else:
+            files.append(path)
+    out = []
+    for file in files:
+        for verdict in qualify_message(file.read_bytes(), rules):
+            out.append({"file": str(file), **verdict.as_dict()})
+    if as_json:
+        _print_json(out)
+        return
+    for o in out:
+        click.echo(
+            f"{o['file']}\t{o['recipient'] or '-'}\t{o['status'] or '-'}\t"
+            f"{o['reason']}\t{o['type']}\t{o['diagnostic'][:100]}"
+        )
+
+
+@bounces.command("process")
+@click.option("--maildir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--imap", "imap_url", help="imaps://user:password@host[:port]/FOLDER")
+@click.option("--json", "as_json", is_flag=True)
+def bounces_process(maildir: Path | None, imap_url: str | None, as_json: bool) -> None:
+    """Match, qualify and record the messages of the bounce mailbox, then move them to
+    its Processed folder."""
+    from msgtrack.delivery.bounces.mailbox import process_imap, process_maildir
+    from msgtrack.delivery.bounces.process import BounceProcessor
+
+    if (maildir is None) == (imap_url is None):
+        _fail("give exactly one of --maildir DIR or --imap URL", 2)
+    ctx = _context()
+    processor = BounceProcessor(ctx)
+    if maildir is not None:
+        if not maildir.is_dir():
+            _fail(f"no maildir at {maildir}")
+        process_maildir(maildir, processor.process)
+    else:
+        assert imap_url is not None
+        try:
+            process_imap(imap_url, processor.process)
+        except (OSError, ValueError) as exc:
+            _fail(f"IMAP: {exc}")
+    stats = processor.stats.as_dict()
+    if as_json:
+        _print_json(stats)
+        return
+    click.echo(
+        f"read {stats['read']}, matched {stats['matched']}, unmatched {stats['unmatched']}, "
+        f"already recorded {stats['duplicates']}: hard {stats['hard']}, soft {stats['soft']}, "
+        f"complaints {stats['complaints']}, unsubscriptions {stats['unsubscriptions']}, "
+        f"new quarantines {stats['new_quarantines']}"
+    )
+
+
+@bounces.command("texts")
+@click.option("--json", "as_json", is_flag=True)
+def bounces_texts(as_json: bool) -> None:
+    """The delivery log qualification list: failure texts with their variable parts
+    replaced, grouped, with a count and the first text seen."""
+    from msgtrack.delivery.bounces.rules import normalize_text
+    from msgtrack.storage.bounces import failure_texts
+
+    ctx = _context()
+    groups: dict[str, dict[str, Any]] = {}
+    with ctx.reader.connect() as conn:
+        for reason, ftype, status, text in failure_texts(conn):
+            key = normalize_text(text)
+            group = groups.setdefault(
+                key,
+                {
+                    "text": key,
+                    "count": 0,
+                    "first": text,
+                    "reason": reason,
+                    "type": ftype,
+                    "status": status or None,
+                },
+            )
+            group["count"] += 1
+    rows = sorted(groups.values(), key=lambda g: -g["count"])
+    if as_json:
+        _print_json(rows)
+        return
+    for g in rows:
+        click.echo(f"{g['count']}\t{g['reason']}\t{g['type']}\t{g['text'][:120]}")
+
+
+@main.group("quarantine")
+def quarantine_group() -> None:
+    """Quarantined and denylisted addresses."""
+
+
+@quarantine_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def quarantine_list(as_json: bool) -> None:
+    """Addresses excluded from deliveries now."""
+    from msgtrack.storage.quarantine import active_quarantines
+    from msgtrack.storage.types import utcnow
+
+    ctx = _context()
+    with ctx.reader.connect() as conn:
+        rows = [q.as_dict() for q in active_quarantines(conn, utcnow())]
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['address']}\t{r['kind']}\t{r['reason']}\t{r['failure_type'] or '-'}")
+
+
+@quarantine_group.command("release")
+@click.argument("address")
+@click.option("--note", default=None, help="Why, kept in the history.")
+def quarantine_release(address: str, note: str | None) -> None:
+    """Release a quarantined or denylisted address by hand."""
+    from msgtrack.storage.quarantine import release
+    from msgtrack.storage.types import utcnow
+
+    ctx = _context()
+    with ctx.engine.begin() as conn:
+        done = release(conn, address, utcnow(), note)
+    if not done:
+        _fail(f"{address} is not quarantined")
+    click.echo(f"released {address.strip().lower()}")
+
+
+@quarantine_group.command("history")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True)
+def quarantine_history(address: str, as_json: bool) -> None:
+    """Every quarantine change of an address."""
+    from msgtrack.storage.quarantine import history_of
+
+    ctx = _context()
+    with ctx.reader.connect() as conn:
+        rows = history_of(conn, address)
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['at']}\t{r['action']}\t{r['kind'] or '-'}\t{r['reason'] or '-'}")

@@ -69,16 +69,21 @@ class Line:
 
 
 def ingest_once(
-    ctx: Context, *, batch_size: int = 5000, progress: Callable[[int], None] | None = None
+    ctx: Context,
+    *,
+    batch_size: int = 5000,
+    progress: Callable[[int], None] | None = None,
+    wait: float = 0.0,
 ) -> IngestStats:
-    """One pass over every segment; raises IngestBusy when another ingestion runs.
+    """One pass over every segment; raises IngestBusy when another ingestion still
+    runs after ``wait`` seconds.
 
     ``progress`` is called after each committed batch with the number of lines it
     consumed.
     """
     stats = IngestStats()
     events_dir = ctx.settings.events_dir
-    with ingest_lock(ctx) as conn:
+    with ingest_lock(ctx, wait=wait) as conn:
         if not events_dir.is_dir():
             return stats
         with conn.begin():
