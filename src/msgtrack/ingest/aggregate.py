@@ -50,10 +50,12 @@ def apply_events(
     conn: Connection,
     events: Sequence[CountedEvent],
     extra: Mapping[int, Mapping[str, int]] | None = None,
+    states: Mapping[int, store.MessageState] | None = None,
 ) -> None:
     """Move every counter for ``events``, which must be rows just inserted (never a
     replay of rows already counted). ``extra`` adds other per-delivery deltas (e.g.
-    unsubscriptions) in the same update."""
+    unsubscriptions) in the same update. ``states``: the events' messages as already
+    loaded in this transaction by the caller (loaded here otherwise)."""
     indicators: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(int))
     for delivery_id, delta in (extra or {}).items():
         for name, value in delta.items():
@@ -61,7 +63,10 @@ def apply_events(
     if not events and not indicators:
         return
 
-    states = store.message_states(conn, {e.message_id for e in events if e.message_id is not None})
+    if states is None:
+        states = store.message_states(
+            conn, {e.message_id for e in events if e.message_id is not None}
+        )
     # message id -> [first_event_at, first_click_at, opens, clicks]
     touched: dict[int, list[Any]] = {}
     domains: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])

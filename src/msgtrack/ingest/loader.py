@@ -174,6 +174,8 @@ class _Batch:
     unsubs: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[tuple[Line, str]] = field(default_factory=list)
     counted: list[CountedEvent] = field(default_factory=list)
+    # The batch's messages, loaded once for checking and again used for counting.
+    messages: dict[int, store.MessageState] = field(default_factory=dict)
     duplicates: int = 0
 
 
@@ -246,7 +248,7 @@ class _SegmentLoader:
             unsubscribers = self._record_opt_outs(batch.unsubs)
             store.add_tracking_logs(conn, batch.rows)
             store.add_unsubscriptions(conn, batch.unsubs)
-            apply_events(conn, batch.counted, unsubscribers)
+            apply_events(conn, batch.counted, unsubscribers, batch.messages)
             self._record_visitors(batch)
             rejected = self._record_rejects(batch)
             store.save_checkpoint(conn, self.segment, end, done)
@@ -301,7 +303,7 @@ class _SegmentLoader:
             else:
                 checked.append((line, ev))
         present = store.existing_deliveries(conn, {ev.delivery_id for _, ev in checked})
-        messages = store.message_states(
+        messages = batch.messages = store.message_states(
             conn, {ev.message_id for _, ev in checked if ev.message_id is not None}
         )
         urls = store.tracked_url_refs(
