@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from msgtrack.tracking.eventlog import SEGMENT_NAME, EventLog, is_sealed, node_name, sealed_marker
-from msgtrack.tracking.events import Event, decode_event
+from msgtrack.tracking.events import Event, decode_event, encode_event, encode_hit
 
 
 def event(i: int, kind: str = "click") -> Event:
@@ -203,3 +205,23 @@ def test_failed_writes_are_counted_and_leave_whole_lines(tmp_path: Path) -> None
     assert [e.message_id for e in events] == list(range(ok.count(True)))
     assert segment.stat().st_size <= 1000
     assert is_sealed(segment)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.sampled_from(["click", "open", "opt-out", "mirror"]),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.one_of(st.none(), st.text(max_size=30)),
+    st.one_of(st.none(), st.text(max_size=40)),
+    st.lists(st.text(max_size=10), max_size=3).map(tuple),
+)
+def test_the_hot_path_line_is_the_line_of_encode_event(
+    t: float, kind: str, n: int, visitor: str | None, ua: str | None, values: tuple[str, ...]
+) -> None:
+    """The tracking server writes ``encode_hit`` lines: byte for byte what
+    ``encode_event`` writes for the same event, so ingestion reads them alike."""
+    ev = Event(t, kind, n, n // 2, 7, visitor, "::1", ua, values)
+    line = encode_hit(t, kind, n, n // 2, 7, visitor, "::1", ua, values)
+    assert line == encode_event(ev)
+    assert decode_event(line) == Event(round(t, 6), kind, n, n // 2, 7, visitor, "::1", ua, values)

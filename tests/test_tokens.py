@@ -21,6 +21,7 @@ from msgtrack.links.sign import (
     PURPOSE_VERP,
     KeyRing,
     LinkToken,
+    SigningKey,
     TokenError,
 )
 
@@ -314,3 +315,17 @@ def test_verp_padding_bit_variants_are_rejected() -> None:
                 seen += 1
                 assert rejected(RING.verify_verp, variant)
     assert seen >= 4 * 3  # four of those lengths leave unused bits
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 65, 100])
+def test_mac_is_hmac_sha256_of_purpose_and_body(size: int) -> None:
+    """The precomputed inner/outer states give exactly the standard HMAC, for keys
+    shorter than, as long as and longer than SHA-256's block."""
+    import hashlib
+    import hmac
+
+    key = SigningKey(1, bytes(range(size)), "now")
+    for purpose, body in ((PURPOSE_LINK, b""), (PURPOSE_SESSION, b"1.2.3"), (b"V", b"x" * 200)):
+        expected = hmac.new(key.secret, purpose + body, hashlib.sha256).digest()
+        assert key.mac(purpose, body, 32) == expected
+        assert key.mac(purpose, body, MAC_BYTES) == expected[:MAC_BYTES]

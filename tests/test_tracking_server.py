@@ -254,6 +254,8 @@ def test_click_redirects_sets_cookies_and_logs(ctx: Context, env: dict[str, str]
         # the same browser keeps its visitor id; another browser gets its own
         again = alice.get(f"/c/{plain}")
         assert again.cookies["mt_v"] == visitor
+        # ... and the session cookie of this message it holds: not signed again
+        assert "mt_s" not in set_cookies(again)
         other = bob.get(f"/c/{personal}")
         assert other.status_code == 302
         assert (
@@ -268,10 +270,19 @@ def test_click_redirects_sets_cookies_and_logs(ctx: Context, env: dict[str, str]
         # a malformed visitor cookie is replaced, not logged
         odd = httpx.get(f"{server.base}/c/{plain}", headers={"Cookie": "mt_v=not-a-visitor-id"})
         assert odd.status_code == 302 and odd.cookies["mt_v"] != "not-a-visitor-id"
-        assert health(server)["events_written"] == 4
+        # the session cookie of another message is replaced by this one's
+        other_message = httpx.get(
+            f"{server.base}/c/{plain}",
+            headers={"Cookie": f"mt_v={visitor}; mt_s={ctx.keyring.sign_session(1, 999)}"},
+        )
+        assert ctx.keyring.verify_session(other_message.cookies["mt_s"]) == (
+            sent.delivery_id,
+            sent.message_ids[0],
+        )
+        assert health(server)["events_written"] == 5
 
     events = logged(server.home)
-    assert [e.kind for e in events] == ["click"] * 4
+    assert [e.kind for e in events] == ["click"] * 5
     assert [(e.delivery_id, e.message_id, e.url_id) for e in events[:3]] == [
         (sent.delivery_id, sent.message_ids[0], sent.urls["plain"]),
         (sent.delivery_id, sent.message_ids[0], sent.urls["plain"]),
@@ -281,6 +292,7 @@ def test_click_redirects_sets_cookies_and_logs(ctx: Context, env: dict[str, str]
     assert events[0].user_agent == "Alice/1.0" and events[0].ip == "127.0.0.1"
     assert events[2].values == values and events[0].values == ()
     assert events[3].visitor_id == odd.cookies["mt_v"]
+    assert events[4].visitor_id == visitor
 
 
 def test_cookies_are_secure_when_tracking_over_https(ctx: Context, env: dict[str, str]) -> None:
@@ -465,6 +477,8 @@ def test_health(ctx: Context, env: dict[str, str]) -> None:
         "version": msgtrack.__version__,
         "events_written": 0,
         "events_dropped": 0,
+        "event_log_failing": False,
+        "event_log_error": None,
         "rejected_tokens": 0,
     }
 

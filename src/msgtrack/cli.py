@@ -640,6 +640,8 @@ def bounces_qualify(paths: tuple[Path, ...], as_json: bool) -> None:
 def bounces_process(maildir: Path | None, imap_url: str | None, as_json: bool) -> None:
     """Match, qualify and record the messages of the bounce mailbox, then move them to
     its Processed folder."""
+    import imaplib
+
     from msgtrack.delivery.bounces.mailbox import process_imap, process_maildir
     from msgtrack.delivery.bounces.process import BounceProcessor
 
@@ -654,8 +656,8 @@ def bounces_process(maildir: Path | None, imap_url: str | None, as_json: bool) -
     else:
         assert imap_url is not None
         try:
-            process_imap(imap_url, processor.process)
-        except (OSError, ValueError) as exc:
+            process_imap(imap_url, processor.process, cafile=ctx.settings.imap_cafile)
+        except (OSError, ValueError, imaplib.IMAP4.error) as exc:
             _fail(f"IMAP: {exc}")
     stats = processor.stats.as_dict()
     if as_json:
@@ -667,6 +669,51 @@ def bounces_process(maildir: Path | None, imap_url: str | None, as_json: bool) -
         f"complaints {stats['complaints']}, unsubscriptions {stats['unsubscriptions']}, "
         f"new quarantines {stats['new_quarantines']}"
     )
+
+
+@bounces.command("report")
+@click.argument("delivery_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def bounces_report(delivery_id: int, as_json: bool) -> None:
+    """What went wrong in a delivery: errors by reason and by domain, hard and soft
+    bounce rates, complaints and new quarantines."""
+    from msgtrack.storage.bounces import bounce_counters, failures_by_domain
+    from msgtrack.storage.deliveries import get_delivery
+
+    ctx = _context()
+    with ctx.reader.connect() as conn:
+        if get_delivery(conn, delivery_id) is None:
+            _fail(f"no delivery {delivery_id}")
+        counters = bounce_counters(conn, delivery_id)
+        failures = failures_by_domain(conn, delivery_id)
+    handed = counters["success"] + counters["errors"]
+    by_reason: dict[str, int] = {}
+    by_domain: dict[str, dict[str, Any]] = {}
+    for domain, reason, _type, n in failures:
+        by_reason[reason] = by_reason.get(reason, 0) + n
+        row = by_domain.setdefault(domain, {"domain": domain, "errors": 0, "by_reason": {}})
+        row["errors"] += n
+        row["by_reason"][reason] = row["by_reason"].get(reason, 0) + n
+    report: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        **counters,
+        "hard_bounce_rate": round(counters["hard_bounces"] / handed, 4) if handed else 0.0,
+        "soft_bounce_rate": round(counters["soft_bounces"] / handed, 4) if handed else 0.0,
+        "by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+        "by_domain": sorted(by_domain.values(), key=lambda r: (-r["errors"], r["domain"])),
+    }
+    if as_json:
+        _print_json(report)
+        return
+    click.echo(
+        f"hard bounces {report['hard_bounces']} ({report['hard_bounce_rate']:.2%}), "
+        f"soft bounces {report['soft_bounces']} ({report['soft_bounce_rate']:.2%}), "
+        f"complaints {report['complaints']}, new quarantines {report['new_quarantines']}"
+    )
+    for reason, n in report["by_reason"].items():
+        click.echo(f"  {reason}\t{n}")
+    for row in report["by_domain"]:
+        click.echo(f"  {row['domain']}\t{row['errors']}")
 
 
 @bounces.command("texts")

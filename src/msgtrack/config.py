@@ -43,6 +43,17 @@ class Settings:
     max_message_bytes: int = 10 * 1024 * 1024
     max_render_seconds: float = 2.0
     ingest_interval: float = 3.0
+    # Tracking server: slow clients (slowloris) and idle keep-alive connections are cut
+    # after these; its database fallback gives up after tracking_db_timeout.
+    tracking_request_timeout: float = 10.0
+    tracking_idle_timeout: float = 15.0
+    tracking_db_timeout: float = 2.0
+    # Bounces and quarantine.
+    bounce_rules: str | None = None  # a rules CSV replacing the shipped defaults
+    imap_cafile: str | None = None  # CA certificates trusted for the IMAP bounce mailbox
+    quarantine_soft_errors: int = 5  # soft errors that quarantine an address
+    quarantine_soft_interval: float = 86400.0  # least seconds between counted errors
+    quarantine_mailbox_full_days: float = 30.0  # a mailbox-full quarantine expires after
     extra: dict[str, str] = field(default_factory=dict)
 
     # Paths under the home, one place so every process agrees.
@@ -101,4 +112,12 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         max_message_bytes=_int("MSGTRACK_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
         max_render_seconds=_float("MSGTRACK_MAX_RENDER_SECONDS", 2.0),
         ingest_interval=_float("MSGTRACK_INGEST_INTERVAL", 3.0),
+        tracking_request_timeout=_float("MSGTRACK_TRACKING_REQUEST_TIMEOUT", 10.0),
+        tracking_idle_timeout=_float("MSGTRACK_TRACKING_IDLE_TIMEOUT", 15.0),
+        tracking_db_timeout=_float("MSGTRACK_TRACKING_DB_TIMEOUT", 2.0),
+        bounce_rules=os.environ.get("MSGTRACK_BOUNCE_RULES") or None,
+        imap_cafile=os.environ.get("MSGTRACK_IMAP_CAFILE") or None,
+        quarantine_soft_errors=_int("MSGTRACK_QUARANTINE_SOFT_ERRORS", 5),
+        quarantine_soft_interval=_float("MSGTRACK_QUARANTINE_SOFT_INTERVAL", 86400.0),
+        quarantine_mailbox_full_days=_float("MSGTRACK_QUARANTINE_MAILBOX_FULL_DAYS", 30.0),
     )

@@ -35,11 +35,14 @@ from sqlalchemy.engine import Connection
 
 from msgtrack.context import Context
 from msgtrack.delivery.analyse import prepare_delivery
+from msgtrack.delivery.bounces.qualify import qualify_reply
+from msgtrack.delivery.bounces.rules import load_rules
 from msgtrack.delivery.message import return_path
 from msgtrack.delivery.render import MessageRenderer, RenderError
 from msgtrack.delivery.transports import Outgoing, Transport, TransportError, Verdict
 from msgtrack.storage import messages as store
 from msgtrack.storage.deliveries import tracked_urls
+from msgtrack.storage.quarantine import QuarantinePolicy
 from msgtrack.storage.types import utcnow
 from msgtrack.tracking.snapshot import PublishedUrl, publish
 
@@ -130,6 +133,8 @@ class _SendRun:
         self.run_id = uuid.uuid4().hex
         self.lease = timedelta(seconds=ctx.settings.send_lease_seconds)
         self.retry_delays = ctx.settings.retry_delays
+        self.quarantine_policy = QuarantinePolicy.from_settings(ctx.settings)
+        self.rules = load_rules(ctx.settings.bounce_rules)
         self.owned = False
         self.renewed_at = 0.0
         # The batch under way: its rows and sizes, what was announced for DATA, what has
@@ -345,7 +350,7 @@ class _SendRun:
         outcomes = list(self.unrecorded)
         with self.engine.begin() as conn:
             self._renew(conn)
-            store.record_outcomes(conn, self.delivery_id, outcomes)
+            store.record_outcomes(conn, self.delivery_id, outcomes, self.quarantine_policy)
             if then is not None:
                 then(conn)
         del self.unrecorded[: len(outcomes)]
@@ -363,7 +368,11 @@ class _SendRun:
             "seed": bool(row["seed"]),
             "attempts": attempts,
             "size_bytes": size,
+            "email": str(row["email"]),
         }
+        if verdict.status != "sent":
+            # Qualified by the bounce rules; the failure reason stays the full reply.
+            common["failure_code"] = qualify_reply(verdict.reason or "", self.rules)[0]
         if verdict.status == "sent":
             return store.Outcome(status="sent", sent_at=now, **common)
         if verdict.status == "soft" and attempts <= len(self.retry_delays):
@@ -388,6 +397,7 @@ class _SendRun:
             seed=bool(row["seed"]),
             failure_type="ignored",
             failure_reason=str(getattr(error, "reason", None) or error),
+            failure_code="ignored",
             attempts=int(row["attempts"] or 0),
         )
 

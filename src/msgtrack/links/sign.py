@@ -7,9 +7,14 @@ A token is base64url (no padding) of::
 
 No destination travels in a token: the server looks the tracked URL up by id, so a
 forged token can never point anywhere new. A token is accepted only in its canonical
-encoding (decoding then re-encoding must give exactly the same text), which rejects
-base64 padding-bit variants and non-minimal varints. The purpose byte keeps a link
-token, a session cookie and a VERP address from standing in for one another.
+encoding (the one text ``sign_link`` writes for it): only the base64url alphabet, no
+padding, zero padding bits, minimal varints, UTF-8 values, no trailing bytes. The purpose
+byte keeps a link token, a session cookie and a VERP address from standing in for one
+another.
+
+``verify_link`` runs once per click and open on the tracking server, so it checks those
+rules directly (a regex, one look at the last character, the last byte of each varint)
+instead of re-encoding, and computes the HMAC from precomputed SHA-256 states.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 MAC_BYTES = 10
 VERP_MAC_BYTES = 8
@@ -38,8 +45,10 @@ class TokenError(ValueError):
     """The token is malformed, tampered with, or signed by an unknown or retired key."""
 
 
-@dataclass(frozen=True)
-class LinkToken:
+class LinkToken(NamedTuple):
+    """What a link token names. A NamedTuple: built once per click, ~2x cheaper than a
+    frozen dataclass."""
+
     delivery_id: int
     message_id: int
     url_id: int
@@ -59,7 +68,9 @@ def _put_varint(out: bytearray, n: int) -> None:
 
 
 def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The minimal varint at ``pos`` and the position after it (at most 10 bytes)."""
     n = shift = 0
+    start = pos
     while True:
         if pos >= len(data) or shift > 63:
             raise TokenError("truncated token")
@@ -67,6 +78,9 @@ def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         n |= (b & 0x7F) << shift
         if not b & 0x80:
+            # A last byte of 0 after continuation bytes adds nothing: non-minimal.
+            if b == 0 and pos - start > 1:
+                raise TokenError("non-canonical varint")
             return n, pos
         shift += 7
 
@@ -75,19 +89,23 @@ def _b64encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _b64decode(text: str) -> bytes:
-    if not text or len(text) > MAX_TOKEN_CHARS or len(text) % 4 == 1:
-        raise TokenError("bad token length")
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise TokenError("bad base64") from exc
-    if _b64encode(raw) != text:  # padding bits, stray characters
-        raise TokenError("non-canonical encoding")
-    return raw
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+# By length mod 4: the padding to add, and the last characters whose unused low bits
+# are zero (2 chars carry 1 byte and 4 spare bits, 3 chars 2 bytes and 2 spare bits).
+_PADDING = (b"", b"", b"==", b"=")
+_LAST_CHAR_OK = (
+    None,
+    None,
+    frozenset("AQgw"),
+    frozenset("AEIMQUYcgkosw048"),
+)
 
 
 # -- keys ------------------------------------------------------------------------
+
+
+_SHA256_BLOCK = 64
 
 
 @dataclass
@@ -96,16 +114,30 @@ class SigningKey:
     secret: bytes
     created_at: str
     retired_at: str | None = None
-    _mac: hmac.HMAC | None = field(default=None, repr=False, compare=False)
+    # purpose -> (inner SHA-256 state after key^ipad and the purpose byte, outer state
+    # after key^opad): HMAC-SHA256 (RFC 2104) is then two state copies, ~0.8 µs against
+    # ~2.2 µs for hmac.digest() and ~1.7 µs for copying an hmac.HMAC.
+    _states: dict[bytes, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def mac(self, purpose: bytes, body: bytes, size: int) -> bytes:
-        # Keeping the keyed state and copying it is ~2.5x cheaper than hmac.digest().
-        if self._mac is None:
-            self._mac = hmac.new(self.secret, digestmod=hashlib.sha256)
-        m = self._mac.copy()
-        m.update(purpose)
-        m.update(body)
-        return m.digest()[:size]
+        """HMAC-SHA256(secret, purpose | body), cut to ``size`` bytes."""
+        states = self._states.get(purpose)
+        if states is None:
+            states = self._states[purpose] = self._keyed(purpose)
+        inner = states[0].copy()
+        inner.update(body)
+        outer = states[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()[:size]
+
+    def _keyed(self, purpose: bytes) -> tuple[Any, Any]:
+        key = self.secret
+        if len(key) > _SHA256_BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        inner.update(purpose)
+        return inner, hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
 
 class KeyRing:
@@ -185,35 +217,59 @@ class KeyRing:
         return _b64encode(body + self.keys[self.active].mac(PURPOSE_LINK, body, MAC_BYTES))
 
     def verify_link(self, text: str) -> LinkToken:
-        raw = _b64decode(text)
+        # base64url, canonical only: alphabet, no padding, zero padding bits
+        size = len(text)
+        if not 0 < size <= MAX_TOKEN_CHARS or _B64URL.fullmatch(text) is None:
+            raise TokenError("bad token")
+        rem = size & 3
+        if rem:
+            last_ok = _LAST_CHAR_OK[rem]
+            if last_ok is None or text[-1] not in last_ok:
+                raise TokenError("bad token length or padding bits")
+        try:
+            raw = binascii.a2b_base64(text.encode().translate(_FROM_URLSAFE) + _PADDING[rem])
+        except binascii.Error as exc:  # unreachable after the checks above; never a 500
+            raise TokenError("bad base64") from exc
         if len(raw) < MAC_BYTES + 5:
             raise TokenError("truncated token")
         body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        key_id, pos = _get_varint(body, 0)
-        key = self._verifying_key(key_id)
+        if body[0] < 0x80:  # key ids are small: a one-byte varint, always minimal
+            key_id, pos = body[0], 1
+        else:
+            key_id, pos = _get_varint(body, 0)
+        key = self.keys.get(key_id)
+        if key is None or key.retired_at is not None:
+            raise TokenError("unknown or retired key")
         if not hmac.compare_digest(key.mac(PURPOSE_LINK, body, MAC_BYTES), mac):
             raise TokenError("bad signature")
+        # Signed by us from here on; still parse strictly (one text per token).
+        end = len(body)
         nums = []
         for _ in range(4):
-            n, pos = _get_varint(body, pos)
-            nums.append(n)
-        values = []
-        for _ in range(nums[3]):
-            size, pos = _get_varint(body, pos)
-            if pos + size > len(body):
-                raise TokenError("truncated token")
-            try:
-                values.append(body[pos : pos + size].decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise TokenError("bad value") from exc
-            pos += size
-        if pos != len(body):
+            if pos < end and body[pos] < 0x80:  # one-byte varint, always minimal
+                nums.append(body[pos])
+                pos += 1
+            else:
+                n, pos = _get_varint(body, pos)
+                nums.append(n)
+        values: tuple[str, ...] = ()
+        if nums[3]:
+            found = []
+            for _ in range(nums[3]):
+                size, pos = _get_varint(body, pos)
+                if pos + size > end:
+                    raise TokenError("truncated token")
+                try:
+                    # Python's UTF-8 decoder refuses overlong forms and surrogates, so
+                    # a value decodes only from the bytes its encoding gives back.
+                    found.append(body[pos : pos + size].decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    raise TokenError("bad value") from exc
+                pos += size
+            values = tuple(found)
+        if pos != end:
             raise TokenError("trailing bytes")
-        token = LinkToken(nums[0], nums[1], nums[2], tuple(values))
-        # Canonical form only: non-minimal varints would re-encode differently.
-        if _canonical_link_body(key_id, token) != body:
-            raise TokenError("non-canonical token")
-        return token
+        return LinkToken(nums[0], nums[1], nums[2], values)
 
     # session cookie: "delivery.message" signed, so nobody can attribute events to others
     def sign_session(self, delivery_id: int, message_id: int) -> str:

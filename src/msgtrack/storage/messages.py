@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
+from msgtrack.storage import quarantine
+from msgtrack.storage.quarantine import QuarantinePolicy
 from msgtrack.storage.schema import deliveries, delivery_indicators, domain_stats, messages
+from msgtrack.storage.types import utcnow
+from msgtrack.storage.upsert import add_to_counters
 
 #: States a delivery may be (re)claimed for sending in.
 SENDABLE_STATES = ("draft", "prepared", "sending")
@@ -223,6 +226,8 @@ class Outcome:
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
     size_bytes: int | None = None
+    email: str | None = None  # for the quarantine: success clears, failure counts
+    failure_code: str | None = None  # qualified reason of failure_reason
 
 
 _record = (
@@ -237,6 +242,7 @@ _record = (
         status=bindparam("b_status"),
         failure_type=bindparam("b_failure_type"),
         failure_reason=bindparam("b_failure_reason"),
+        failure_code=bindparam("b_failure_code"),
         attempts=bindparam("b_attempts"),
         next_attempt_at=bindparam("b_next_attempt_at"),
         sent_at=bindparam("b_sent_at"),
@@ -245,7 +251,12 @@ _record = (
 )
 
 
-def record_outcomes(conn: Connection, delivery_id: int, outcomes: Sequence[Outcome]) -> None:
+def record_outcomes(
+    conn: Connection,
+    delivery_id: int,
+    outcomes: Sequence[Outcome],
+    policy: QuarantinePolicy | None = None,
+) -> None:
     """Store each message's outcome and move the counters, in the caller's transaction.
 
     The caller owns the delivery (it renewed its lease in this transaction), so every
@@ -262,6 +273,7 @@ def record_outcomes(conn: Connection, delivery_id: int, outcomes: Sequence[Outco
                 "b_status": o.status,
                 "b_failure_type": o.failure_type,
                 "b_failure_reason": o.failure_reason,
+                "b_failure_code": o.failure_code,
                 "b_attempts": o.attempts,
                 "b_next_attempt_at": o.next_attempt_at,
                 "b_sent_at": o.sent_at,
@@ -273,27 +285,41 @@ def record_outcomes(conn: Connection, delivery_id: int, outcomes: Sequence[Outco
     success = sum(1 for o in outcomes if o.status == "sent" and not o.seed)
     errors = sum(1 for o in outcomes if o.status == "failed")
     if success or errors:
-        _add(
+        add_to_counters(
             conn,
             delivery_indicators,
             {"delivery_id": delivery_id},
             {"success": success, "errors": errors},
         )
     for domain, sent in Counter(o.domain for o in outcomes if o.status == "sent").items():
-        _add(conn, domain_stats, {"delivery_id": delivery_id, "domain": domain}, {"sent": sent})
+        add_to_counters(
+            conn, domain_stats, {"delivery_id": delivery_id, "domain": domain}, {"sent": sent}
+        )
+    _quarantine(conn, delivery_id, outcomes, policy or QuarantinePolicy())
 
 
-def _add(
-    conn: Connection, table: Table, key: Mapping[str, Any], increments: Mapping[str, int]
+def _quarantine(
+    conn: Connection, delivery_id: int, outcomes: Sequence[Outcome], policy: QuarantinePolicy
 ) -> None:
-    """Upsert adding ``increments`` to a counter row (created at zero when missing)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values({**key, **increments})
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(key),
-        set_={name: table.c[name] + stmt.excluded[name] for name in increments},
-    )
-    conn.execute(stmt)
+    """A success clears soft errors of its address; a qualified failure counts toward
+    (or makes) a quarantine; final failures count as hard or soft bounces."""
+    now = utcnow()
+    accepted = [o.email for o in outcomes if o.status == "sent" and o.email]
+    if accepted:
+        quarantine.clear_after_success(conn, accepted, now)
+    counts = Counter[str]()
+    for o in outcomes:
+        if o.status not in ("failed", "pending") or not o.failure_code or not o.email:
+            continue
+        if o.status == "failed" and o.failure_type in ("hard", "soft"):
+            counts[f"{o.failure_type}_bounces"] += 1
+        failure_type = o.failure_type or "hard"
+        if quarantine.record_failure(
+            conn, o.email, o.failure_code, failure_type, now, policy, message_id=o.message_id
+        ):
+            counts["new_quarantines"] += 1
+    if counts:
+        add_to_counters(conn, delivery_indicators, {"delivery_id": delivery_id}, dict(counts))
 
 
 @dataclass(frozen=True)
@@ -335,3 +361,23 @@ def message_counts(conn: Connection, delivery_id: int) -> MessageCounts:
         elif status in ("in_flight", "sent", "unknown"):
             counts[status] += n
     return MessageCounts(**counts, next_attempt_at=next_at)
+
+
+def delivery_messages(conn: Connection, delivery_id: int) -> list[Mapping[str, Any]]:
+    """Every message of a delivery, in id order, with its failure if any."""
+    m = messages
+    rows = conn.execute(
+        select(
+            m.c.id,
+            m.c.email,
+            m.c.status,
+            m.c.failure_type,
+            m.c.failure_code,
+            m.c.failure_reason,
+            m.c.attempts,
+            m.c.sent_at,
+        )
+        .where(m.c.delivery_id == delivery_id)
+        .order_by(m.c.id)
+    )
+    return cast(list[Mapping[str, Any]], list(rows.mappings()))

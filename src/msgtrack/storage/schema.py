@@ -69,6 +69,23 @@ quarantines = Table(
     Column("released_at", UTCDateTime),
 )
 
+# Every quarantine change: counted errors, quarantines, denylistings, clears, releases.
+quarantine_history = Table(
+    "quarantine_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False),
+    Column("action", String(20), nullable=False),  # error, quarantine, denylist, clear, release
+    Column("kind", String(20)),
+    Column("reason", String(40)),
+    Column("failure_type", String(10)),
+    Column("error_count", Integer),
+    Column("message_id", Id),
+    Column("note", Text),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_quarantine_history_address_at", "address", "at"),
+)
+
 # Global opt-out, one row per recipient who unsubscribed.
 opt_outs = Table(
     "opt_outs",
@@ -142,6 +159,8 @@ messages = Table(
     Column("status", String(20), nullable=False, server_default="pending"),
     Column("failure_type", String(10)),  # hard, soft, ignored
     Column("failure_reason", Text),
+    # The qualified reason (user_unknown, mailbox_full, …) of the failure text above.
+    Column("failure_code", String(20)),
     Column("text_only", Boolean, nullable=False, server_default="0"),
     Column("seed", Boolean, nullable=False, server_default="0"),
     Column("attempts", Integer, nullable=False, server_default="0"),
@@ -246,6 +265,33 @@ delivery_indicators = Table(
     Column("soft_bounces", Integer, nullable=False, server_default="0"),
     Column("complaints", Integer, nullable=False, server_default="0"),
     Column("new_quarantines", Integer, nullable=False, server_default="0"),
+)
+
+# Messages read back from the bounce mailbox, one row per failed recipient: the
+# (source_key, ordinal) key makes reading the same message again harmless.
+bounces = Table(
+    "bounces",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source_key", String(64), nullable=False),  # sha256 of the raw message
+    Column("ordinal", Integer, nullable=False, server_default="0"),
+    # dsn, text, complaint, autoreply, delivered, unknown, unsubscribe
+    Column("kind", String(20), nullable=False),
+    Column("delivery_id", Id),
+    Column("message_id", Id),
+    Column("recipient", String(320)),
+    Column("status", String(16)),
+    Column("reply_code", String(3)),
+    Column("reason", String(20), nullable=False),
+    Column("failure_type", String(10), nullable=False),
+    Column("diagnostic", Text),
+    Column("matched", Boolean, nullable=False, server_default="0"),
+    # How it was matched (verp, message-id) or why not (bad signature, no reference…).
+    Column("match", String(60), nullable=False, server_default=""),
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("source_key", "ordinal", name="uq_bounces_source_key_ordinal"),
+    Index("ix_bounces_message_id", "message_id"),
+    Index("ix_bounces_delivery_id", "delivery_id"),
 )
 
 # Per (delivery, internet domain): sends and distinct opening / clicking messages.

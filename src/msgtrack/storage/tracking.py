@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Table,
     and_,
     bindparam,
     delete,
@@ -28,7 +27,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from msgtrack.storage.schema import (
@@ -48,6 +46,7 @@ from msgtrack.storage.schema import (
     visitors,
 )
 from msgtrack.storage.types import utcnow
+from msgtrack.storage.upsert import insert_ignoring_conflicts, upsert
 
 # Counters of delivery_indicators that events move (the rest come from sending, analysis
 # and bounces).
@@ -73,27 +72,6 @@ IN_CHUNK = 2000
 def _chunks(values: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
-
-
-def _insert_ignoring_conflicts(
-    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
-) -> None:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for many rows."""
-    if not rows:
-        return
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(dialect_insert(table).on_conflict_do_nothing(), list(rows))
-
-
-def _upsert(conn: Connection, table: Table, row: Mapping[str, Any], keys: Sequence[str]) -> None:
-    """Insert ``row`` or overwrite the other columns of the existing one."""
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = dialect_insert(table).values(dict(row))
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={k: stmt.excluded[k] for k in row if k not in keys},
-    )
-    conn.execute(stmt)
 
 
 # -- the ingestion lock (PostgreSQL part) --------------------------------------------
@@ -134,7 +112,7 @@ def checkpoint(conn: Connection, segment: str) -> Checkpoint | None:
 
 
 def save_checkpoint(conn: Connection, segment: str, offset: int, done: bool) -> None:
-    _upsert(
+    upsert(
         conn,
         ingest_checkpoints,
         {"segment": segment, "offset": offset, "done": done, "updated_at": utcnow()},
@@ -283,7 +261,7 @@ def unsubscribed_pairs(conn: Connection, pairs: Iterable[tuple[int, int]]) -> se
 
 def add_opt_outs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Record the global opt-out of recipients; an existing opt-out stays (first wins)."""
-    _insert_ignoring_conflicts(conn, opt_outs, rows)
+    insert_ignoring_conflicts(conn, opt_outs, rows)
 
 
 @dataclass(frozen=True)
@@ -441,7 +419,7 @@ def move_delivery_person_firsts(conn: Connection, rows: Sequence[Mapping[str, An
 
 
 def ensure_indicator_rows(conn: Connection, delivery_ids: Iterable[int]) -> None:
-    _insert_ignoring_conflicts(
+    insert_ignoring_conflicts(
         conn, delivery_indicators, [{"delivery_id": d} for d in sorted(set(delivery_ids))]
     )
 
@@ -466,7 +444,7 @@ def add_to_indicators(conn: Connection, deltas: Mapping[int, Mapping[str, float]
 
 
 def ensure_domain_rows(conn: Connection, keys: Iterable[tuple[int, str]]) -> None:
-    _insert_ignoring_conflicts(
+    insert_ignoring_conflicts(
         conn, domain_stats, [{"delivery_id": d, "domain": dom} for d, dom in sorted(set(keys))]
     )
 
@@ -700,7 +678,7 @@ def domain_rows(conn: Connection, delivery_id: int) -> list[DomainRow]:
 
 def set_domain_alias(conn: Connection, alias: str, domain: str) -> None:
     """Report ``alias`` (e.g. googlemail.com) under ``domain`` (e.g. gmail.com)."""
-    _upsert(
+    upsert(
         conn,
         domain_aliases,
         {"alias": alias.strip().lower(), "domain": domain.strip().lower()},

@@ -18,6 +18,8 @@ import asyncio
 import base64
 import json
 import logging
+import math
+import os
 import re
 import secrets
 import threading
@@ -31,10 +33,12 @@ from msgtrack.links.addresses import PATHS, SESSION_COOKIE, VISITOR_COOKIE
 from msgtrack.links.sign import LinkToken, TokenError
 from msgtrack.tracking import pages
 from msgtrack.tracking.eventlog import EventLog
-from msgtrack.tracking.events import Event
+from msgtrack.tracking.events import Event, encode_hit
 from msgtrack.tracking.urls import TrackedUrl, TrackedUrlCache
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from msgtrack.context import Context
 
 log = logging.getLogger(__name__)
@@ -86,16 +90,46 @@ class Request:
         self.body = body
 
 
+_REASONS = {
+    200: b"OK",
+    204: b"No Content",
+    302: b"Found",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
+
+
 class Response:
     """Status, headers (names in canonical case) and body. The HTTP layer adds
     Content-Length (of ``body``, also for HEAD), Date and Connection."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "headers", "body", "_wire")
 
     def __init__(self, status: int, headers: Headers = (), body: bytes = b"") -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        self._wire: bytes | None = None
+
+    def wire_status(self) -> bytes:
+        """The HTTP/1.1 status line."""
+        return _STATUS_LINES.get(self.status) or b"HTTP/1.1 %d Status\r\n" % self.status
+
+    def wire_headers(self) -> bytes:
+        """``Name: value`` lines of the headers and Content-Length, built once."""
+        wire = self._wire
+        if wire is None:
+            lines = [b"%s: %s\r\n" % (name, value) for name, value in self.headers]
+            lines.append(b"Content-Length: %d\r\n" % len(self.body))
+            wire = self._wire = b"".join(lines)
+        return wire
 
 
 # -- fixed answers ------------------------------------------------------------------------
@@ -151,13 +185,21 @@ _REDIRECT_CACHE = (b"Cache-Control", b"no-store")
 _JSON_HEADERS: Headers = ((b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"))
 
 
+KEYS_CHECK_SECONDS = 1.0
+
+
 class TrackingApp:
     def __init__(self, ctx: Context, log: EventLog) -> None:
         self.ctx = ctx
         self.log = log
         self.keyring = ctx.keyring
+        self._keys_file = ctx.settings.keys_file
+        self._keys_stamp = self._stamp()
+        self._keys_checked = time.monotonic()
         settings = ctx.settings
-        self.urls = TrackedUrlCache(settings.snapshots_dir, lambda: ctx.reader)
+        self._db: Engine | None = None
+        self._db_lock = threading.Lock()  # lookups of two deliveries may start together
+        self.urls = TrackedUrlCache(settings.snapshots_dir, self._db_reader)
         self.rejected_tokens = 0
         secure = b"; Secure" if settings.is_https else b""
         attributes = b"; Path=/; HttpOnly; SameSite=Lax" + secure
@@ -167,6 +209,65 @@ class TrackingApp:
         self._session_cookie = SESSION_COOKIE.encode() + b"=%s" + attributes
         self._renderers: OrderedDict[int, _MirrorRenderer] = OrderedDict()
         self._renderers_lock = threading.Lock()
+
+    def _db_reader(self) -> Engine:
+        """The engine for the fallback lookups (blocking, run in a thread): on PostgreSQL a
+        bounded one, so an unreachable or hung database costs a lookup at most
+        ``tracking_db_timeout`` seconds and never holds up shutdown for long."""
+        with self._db_lock:
+            if self._db is None:
+                self._db = self._make_db_reader()
+            return self._db
+
+    def _make_db_reader(self) -> Engine:
+        settings = self.ctx.settings
+        if not settings.db_url.startswith(("postgresql:", "postgres:")):
+            return self.ctx.reader  # SQLite readers never wait on the write lock
+        from msgtrack.storage.db import make_engine, read_only
+
+        timeout = settings.tracking_db_timeout
+        return read_only(
+            make_engine(
+                settings.db_url,
+                pool_timeout=timeout,
+                connect_args={
+                    "connect_timeout": max(2, math.ceil(timeout)),  # libpq's least
+                    "options": f"-c statement_timeout={int(timeout * 1000)}",
+                },
+            )
+        )
+
+    # -- signing keys ------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._keys_file)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh_keys(self, force: bool = False) -> bool:
+        """Reload the signing keys when ``keys.json`` changed (``keys rotate`` /
+        ``keys retire`` from another process), looking at most once a second; a
+        retired key then stops verifying in the running server. True when reloaded."""
+        now = time.monotonic()
+        if not force and now - self._keys_checked < KEYS_CHECK_SECONDS:
+            return False
+        self._keys_checked = now
+        stamp = self._stamp()
+        if stamp is None or stamp == self._keys_stamp:
+            return False
+        try:
+            keyring = self.ctx.reload_keyring()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # keys.json is replaced atomically, so this is a broken file: keep the keys
+            # we have and look again later.
+            log.error("signing keys not reloaded: %s", exc)
+            return False
+        self.keyring = keyring
+        self._keys_stamp = stamp
+        log.info("signing keys reloaded: %s", ", ".join(map(str, sorted(keyring.keys))))
+        return True
 
     # -- fast path ---------------------------------------------------------------------
 
@@ -184,9 +285,10 @@ class TrackingApp:
         kind = KIND_BY_PREFIX.get(path[:3])
         if kind is None:
             return self.health(head) if path == HEALTH_PATH else NOT_FOUND
-        token = self._verify(path[3:], head)
-        if token is None:
-            return NOT_FOUND
+        try:
+            token = self.keyring.verify_link(path[3:])
+        except TokenError:
+            return self._reject(head)
         url = self.urls.get(token.delivery_id, token.url_id)
         if url is None:
             if self.urls.should_load(token.delivery_id):
@@ -221,28 +323,65 @@ class TrackingApp:
             return self._click(token, location, req, head)
         if kind == "open":
             if not head:
-                self.log.append(self._event("open", token, req))
+                self._log_hit("open", token, req, self._visitor(req.cookie))
             return OPEN_GIF
         # opt-out visit: a page with the confirming form
         if not head:
-            self.log.append(self._event("opt-out", token, req))
+            self._log_hit("opt-out", token, req, self._visitor(req.cookie))
         return _page(200, pages.opt_out_confirmation(req.path))
 
     def _click(self, token: LinkToken, location: str, req: Request, head: bool) -> Response:
-        headers: Headers = ((b"Location", location.encode("ascii")), _REDIRECT_CACHE)
+        # ASCII only: TrackedUrl templates are header-safe (no CR/LF, no controls).
+        location_header = (b"Location", location.encode("ascii"))
         if head:
-            return Response(302, headers)
+            return Response(302, (location_header, _REDIRECT_CACHE))
         visitor = self._visitor(req.cookie) or secrets.token_urlsafe(16)
-        event = self._event("click", token, req, visitor, token.values)
-        self.log.append(event)  # False means dropped and counted: the person still goes on
-        session = self.keyring.sign_session(token.delivery_id, token.message_id)
+        # False means dropped and counted: the person still goes on
+        self._log_hit("click", token, req, visitor, token.values)
+        visitor_cookie = (b"Set-Cookie", self._visitor_cookie % visitor.encode())
+        keyring = self.keyring
+        cookie = req.cookie
+        # A returning visitor already holding this message's session cookie (signed by
+        # the active key) keeps it: it is verified where it is read, so there is
+        # nothing to gain from signing it again on every click.
+        if cookie is not None and (
+            f"{SESSION_COOKIE}={keyring.active}.{token.delivery_id}.{token.message_id}." in cookie
+        ):
+            return Response(302, (location_header, _REDIRECT_CACHE, visitor_cookie))
+        session = keyring.sign_session(token.delivery_id, token.message_id)
         return Response(
             302,
-            headers
-            + (
-                (b"Set-Cookie", self._visitor_cookie % visitor.encode()),
+            (
+                location_header,
+                _REDIRECT_CACHE,
+                visitor_cookie,
                 (b"Set-Cookie", self._session_cookie % session.encode()),
             ),
+        )
+
+    def _log_hit(
+        self,
+        kind: str,
+        token: LinkToken,
+        req: Request,
+        visitor: str | None,
+        values: tuple[str, ...] = (),
+    ) -> bool:
+        """Write a click/open/opt-out/mirror event (the same line ``_event`` +
+        ``encode_event`` give, built directly)."""
+        ua = req.user_agent
+        return self.log.append_line(
+            encode_hit(
+                time.time(),
+                kind,
+                token.delivery_id,
+                token.message_id,
+                token.url_id,
+                visitor,
+                req.client,
+                ua[:USER_AGENT_MAX] if ua else None,
+                values,
+            )
         )
 
     @staticmethod
@@ -277,13 +416,19 @@ class TrackingApp:
         )
 
     def health(self, head: bool = False) -> Response:
-        stats = self.log.stats
+        event_log = self.log
+        stats = event_log.stats
+        failing = event_log.failing
         body = json.dumps(
             {
-                "status": "ok",
+                # degraded: events are being dropped right now (the log cannot be
+                # written); people are still redirected, unsubscriptions refused
+                "status": "degraded" if failing else "ok",
                 "version": msgtrack.__version__,
                 "events_written": stats["written"],
                 "events_dropped": stats["dropped"],
+                "event_log_failing": failing,
+                "event_log_error": event_log.last_error if failing else None,
                 "rejected_tokens": self.rejected_tokens,
             }
         ).encode()
@@ -348,7 +493,7 @@ class TrackingApp:
         if html is None:
             return NOT_FOUND
         if not head:
-            self.log.append(self._event("mirror", token, req))
+            self._log_hit("mirror", token, req, self._visitor(req.cookie))
         return Response(200, MIRROR_HEADERS, html.encode("utf-8"))
 
     def _render_mirror(self, delivery_id: int, message_id: int) -> str | None:

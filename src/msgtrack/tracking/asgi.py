@@ -50,6 +50,7 @@ def tracking_asgi(app: TrackingApp, fallback: ASGIApp | None = None) -> ASGIApp:
 
 
 async def _handle(app: TrackingApp, scope: Scope, receive: Receive, send: Send) -> None:
+    app.refresh_keys()  # a retired key stops verifying here too (checked once a second)
     method: str = scope["method"]
     head = method == "HEAD"
     cookie: list[str] = []

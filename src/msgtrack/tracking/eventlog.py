@@ -106,6 +106,7 @@ class EventLog:
             "errors": 0,  # failed writes, fsyncs, rotations, seals
         }
         self.last_error: str | None = None
+        self.failing = False  # the last write failed (disk full, ...): cleared by the next good one
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
@@ -132,7 +133,10 @@ class EventLog:
 
     def append(self, event: Event) -> bool:
         """Write one event line; False (and counted as dropped) if it could not be written."""
-        line = encode_event(event)
+        return self.append_line(encode_event(event))
+
+    def append_line(self, line: bytes) -> bool:
+        """``append`` for a line already encoded (``events.encode_hit``)."""
         with self._lock:
             try:
                 self._write(line)
@@ -169,17 +173,15 @@ class EventLog:
         fd = self._fd
         if fd is None:
             fd = self._open_segment()
-        elif self._size and (
-            self._size + len(line) > self.max_bytes
-            or time.monotonic() - self._opened_at > self.max_age
-        ):
-            fd = self._rotate()
+        elif self._size and self._size + len(line) > self.max_bytes:
+            fd = self._rotate()  # by size here; by age in the flusher (_sync_once)
         written = os.write(fd, line)
         if written != len(line):
             self._cut_torn_line(fd)
             raise OSError(errno.ENOSPC, "short write to the event log")
         self._size += written
         self._dirty = True
+        self.failing = False
         self.stats["written"] += 1
         self.stats["bytes"] += written
         return fd
@@ -235,6 +237,7 @@ class EventLog:
 
     def _dropped(self, exc: OSError) -> None:
         self.stats["dropped"] += 1
+        self.failing = True
         self._error(exc)
 
     def _error(self, exc: OSError) -> None:

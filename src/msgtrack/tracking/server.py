@@ -21,8 +21,10 @@ import argparse
 import asyncio
 import logging
 import math
+import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -48,26 +50,14 @@ MAX_HEAD_BYTES = 8 * 1024  # request line + headers
 MAX_BODY_BYTES = 8 * 1024
 MAX_HEADERS = 64
 MAX_PIPELINED = 32  # answers waiting on one connection before we stop reading it
-IDLE_TIMEOUT = 15.0  # keep-alive connection with nothing to do
-REQUEST_TIMEOUT = 10.0  # from a request's first byte to its last
+# Timeouts are settings: tracking_idle_timeout for a keep-alive connection with nothing
+# to do, tracking_request_timeout from a request's first byte to its last (slowloris).
 SHUTDOWN_GRACE = 10.0
 LINGER_SECONDS = 2.0  # reading (and discarding) after an error answer, before closing
 BACKLOG = 2048
 
-REASONS = {
-    200: b"OK",
-    204: b"No Content",
-    302: b"Found",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
-STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "OPTIONS", "PUT", "DELETE")}
 
 
 class _Reject(Exception):
@@ -86,6 +76,9 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        settings = app.ctx.settings
+        self.request_timeout = settings.tracking_request_timeout
+        self.idle_timeout = settings.tracking_idle_timeout
         self.date_server = b""
         self.tick_date()
 
@@ -93,8 +86,13 @@ class ServerState:
         self.date_server = b"Date: %s\r\nServer: msgtrack\r\n" % formatdate(usegmt=True).encode()
 
     def tick(self) -> None:
-        """Once a second: refresh the Date header, drop idle and too-slow clients."""
+        """Once a second: refresh the Date header, notice changed signing keys, drop
+        idle and too-slow clients."""
         self.tick_date()
+        try:
+            self.app.refresh_keys()
+        except Exception:  # never let the ticker die
+            log.exception("signing keys check failed")
         now = self.loop.time()
         for conn in list(self.connections):
             if conn.deadline < now:
@@ -143,7 +141,7 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) and peer else None
         self.state.connections.add(self)
-        self.deadline = self.loop.time() + IDLE_TIMEOUT
+        self.deadline = self.loop.time() + self.state.idle_timeout
         if self.state.stopping:
             self._close()
 
@@ -156,7 +154,7 @@ class HttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its requests.
         self.writing_paused = True
-        self.deadline = self.loop.time() + IDLE_TIMEOUT
+        self.deadline = self.loop.time() + self.state.idle_timeout
         if self.transport is not None and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
@@ -242,7 +240,7 @@ class HttpProtocol(asyncio.Protocol):
         self.expect_continue = False
         self.body = []
         self.body_bytes = 0
-        self.deadline = self.loop.time() + REQUEST_TIMEOUT
+        self.deadline = self.loop.time() + self.state.request_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -282,7 +280,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.in_message = False
         parser = self.parser
-        method = parser.get_method().decode("ascii", "replace")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         keep_alive = parser.should_keep_alive() and not self.state.stopping
         http10 = keep_alive and parser.get_http_version() == "1.0"
         url = self.url
@@ -341,23 +340,19 @@ class HttpProtocol(asyncio.Protocol):
     def _serialize(
         self, response: Response, head: bool, keep_alive: bool, http10: bool = False
     ) -> bytes:
-        status = response.status
-        parts = [
-            STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status,
-            self.state.date_server,
-        ]
-        for name, value in response.headers:
-            parts += (name, b": ", value, b"\r\n")
-        body = response.body
-        parts.append(b"Content-Length: %d\r\n" % len(body))
-        if not keep_alive:
-            parts.append(b"Connection: close\r\n")
-        elif http10:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        if not head:
-            parts.append(body)
-        return b"".join(parts)
+        # status line | Date, Server | the response's headers and Content-Length
+        # (built once per Response: the fixed answers are module constants) | Connection
+        return b"".join(
+            (
+                response.wire_status(),
+                self.state.date_server,
+                response.wire_headers(),
+                b"Connection: close\r\n\r\n"
+                if not keep_alive
+                else (b"Connection: keep-alive\r\n\r\n" if http10 else b"\r\n"),
+                b"" if head else response.body,
+            )
+        )
 
     def _write(self, data: bytes, keep_alive: bool) -> None:
         transport = self.transport
@@ -370,7 +365,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.state.stopping:
                 self._close()
             elif not self.writing_paused:
-                self.deadline = self.loop.time() + IDLE_TIMEOUT
+                self.deadline = self.loop.time() + self.state.idle_timeout
 
     def _flush(self) -> None:
         queue = self.queue
@@ -482,14 +477,99 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run_tracking_server(ctx: Context, host: str, port: int) -> None:
-    """Run the public tracking server until SIGTERM/SIGINT (blocks)."""
+def ensure_keys(ctx: Context) -> None:
+    """Signing keys under the home, made on first start (the database is not needed)."""
+    keys_file = ctx.settings.keys_file
+    if not keys_file.exists():
+        from msgtrack.links.sign import KeyRing
 
+        KeyRing.generate().save(keys_file)
+        ctx.reload_keyring()
+
+
+def run_tracking_server(ctx: Context, host: str, port: int, workers: int = 1) -> None:
+    """Run the public tracking server until SIGTERM/SIGINT (blocks).
+
+    ``workers`` > 1 forks that many processes sharing the port (SO_REUSEPORT: the
+    kernel spreads connections over them), each with its own event log; the parent only
+    watches them, passes SIGTERM/SIGINT on, and restarts one that dies unasked.
+    """
+    if workers <= 1:
+        _run_worker(ctx, host, port, announce=True)
+        return
+    if port == 0:
+        raise ValueError("several workers need a fixed port to share")
+    _supervise(ctx, host, port, workers)
+
+
+def _run_worker(ctx: Context, host: str, port: int, *, announce: bool) -> None:
     def ready(bound_host: str, bound_port: int) -> None:
-        print(f"msgtrack tracking server listening on http://{bound_host}:{bound_port}", flush=True)
+        if announce:
+            print(
+                f"msgtrack tracking server listening on http://{bound_host}:{bound_port}",
+                flush=True,
+            )
 
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         runner.run(serve(ctx, host, port, ready=ready))
+
+
+RESTART_DELAY = 1.0
+
+
+def _supervise(ctx: Context, host: str, port: int, workers: int) -> None:
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def spawn() -> int:
+        pid = os.fork()
+        if pid == 0:  # the worker: its own loop, log, database connections
+            code = 0
+            try:
+                if "engine" in ctx.__dict__:
+                    ctx.engine.dispose(close=False)  # never share the parent's connections
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _run_worker(ctx, host, port, announce=False)
+            except BaseException:
+                log.exception("tracking worker %d failed", os.getpid())
+                code = 1
+            finally:
+                os._exit(code)
+        return pid
+
+    children: set[int] = set()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        children.add(spawn())
+    print(
+        f"msgtrack tracking server listening on http://{host}:{port} ({workers} workers)",
+        flush=True,
+    )
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid not in children:
+            continue
+        children.discard(pid)
+        if not stopping:
+            log.error("tracking worker %d ended (status %d): restarting", pid, status)
+            time.sleep(RESTART_DELAY)
+            if not stopping:
+                children.add(spawn())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -498,6 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -506,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ctx = Context()
     try:
-        run_tracking_server(ctx, args.host, args.port)
+        run_tracking_server(ctx, args.host, args.port, args.workers)
     finally:
         ctx.close()
 

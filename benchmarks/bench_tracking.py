@@ -1,0 +1,511 @@
+"""Load benchmark of the tracking server against its peers, with wrk, on 127.0.0.1.
+
+    python benchmarks/bench_tracking.py [--duration 10] [--connections 64] [--soak 0]
+
+What it runs, one after the other, each for ``--duration`` seconds (wrk ``-t1``):
+
+- msgtrack's tracking server (``msgtrack tracking-server``) pinned to CPU 0 with wrk on
+  CPU 1, for the three requests of the mix: a click from a returning visitor (visitor
+  and session cookies sent), a first click (no cookies: both are set), an open; then
+  the returning-visitor click again at about half the measured rate, for its p99;
+- the same with ``--workers 2`` and nothing pinned (wrk shares the two cores);
+- nginx (Debian's) answering ``return 302`` with its access log on, one worker on CPU 0,
+  run from a config in a temp dir on a free port;
+- pytracking's click decoding (``get_click_tracking_result``) in a Django view under
+  gunicorn (one sync worker on CPU 0; the settings ``startproject`` writes: its apps and
+  middleware, DEBUG off), installed into a throwaway venv
+  (``/tmp/msgtrack-bench-venv``), not into msgtrack's dependencies.
+- ``--soak SECONDS``: returning-visitor clicks for that long against one worker, paced
+  at about 8,000/s (16 connections, 2 ms apart), sampling the server's RSS every 5 s
+  (memory must stay flat). ``--only ''`` runs the soak alone.
+
+Every server writes one log line per request. The table goes to stdout and to
+``benchmarks/out/tracking.md``. Needs ``wrk``, ``taskset`` and ``nginx`` (Debian).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from msgtrack.config import load_settings
+from msgtrack.links.sign import KeyRing, LinkToken
+from msgtrack.tracking import snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out" / "tracking.md"
+VENV = Path("/tmp/msgtrack-bench-venv")
+DELIVERY, MESSAGE, CLICK, OPEN = 1, 123456, 10, 12
+DESTINATION = "https://shop.example/spring?utm_source=newsletter"
+USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+)
+HALF_LOAD_DELAY_MS = 4  # per-connection pause used to run at about half the measured rate
+SOAK_CONNECTIONS, SOAK_DELAY_MS = 16, 2
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode} before answering {url}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextmanager
+def started(command: list[str], url: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    """Run ``command`` until the block ends (SIGTERM, then SIGKILL); yields its pid."""
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp"
+    )
+    try:
+        wait_until_up(url, proc)
+        yield proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wrk(
+    name: str,
+    url: str,
+    *,
+    duration: int,
+    connections: int,
+    headers: tuple[str, ...] = (),
+    cpu: str | None = "1",
+    delay_ms: int | None = None,
+) -> Result:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    for header in headers:
+        command += ["-H", header]
+    script = None
+    if delay_ms is not None:
+        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        script.write(f"function delay()\n  return {delay_ms}\nend\n")
+        script.close()
+        command += ["-s", script.name]
+    command.append(url)
+    if cpu is not None:
+        command = ["taskset", "-c", cpu, *command]
+    try:
+        out = subprocess.run(
+            command, capture_output=True, text=True, timeout=duration + 60, check=True
+        ).stdout
+    finally:
+        if script is not None:
+            os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = []
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors.append(f"{m.group(1)} non-2xx/3xx")
+    if m := re.search(r"Socket errors: (.*)", out):
+        errors.append(m.group(1).strip())
+    return Result(name, rps, _percentile(out, "50"), _percentile(out, "99"), "; ".join(errors))
+
+
+def _percentile(out: str, pct: str) -> float:
+    m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if m is None:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+# -- msgtrack ----------------------------------------------------------------------------------
+
+
+def make_home(tmp: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A home with keys and one published delivery; returns (env, paths by request)."""
+    home = tmp / "home"
+    settings = load_settings(home)
+    keyring = KeyRing.generate()
+    keyring.save(settings.keys_file)
+    snapshot.publish(
+        settings.snapshots_dir,
+        DELIVERY,
+        [
+            snapshot.PublishedUrl(CLICK, DELIVERY, "click", DESTINATION, "spring", True),
+            snapshot.PublishedUrl(OPEN, DELIVERY, "open", "", "", True),
+        ],
+    )
+    env = dict(os.environ)
+    env.update(
+        MSGTRACK_HOME=str(home),
+        MSGTRACK_DB=f"sqlite:///{tmp / 'unused.db'}",
+        PYTHONPATH=str(ROOT / "src"),
+    )
+    paths = {
+        "click": "/c/" + keyring.sign_link(LinkToken(DELIVERY, MESSAGE, CLICK)),
+        "open": "/o/" + keyring.sign_link(LinkToken(DELIVERY, MESSAGE, OPEN)),
+        "session": keyring.sign_session(DELIVERY, MESSAGE),
+    }
+    return env, paths
+
+
+def msgtrack_command(port: int, workers: int) -> list[str]:
+    command = [sys.executable, "-m", "msgtrack", "tracking-server", "--port", str(port)]
+    if workers > 1:
+        return [*command, "--workers", str(workers)]
+    return ["taskset", "-c", "0", *command]
+
+
+def bench_msgtrack(tmp: Path, duration: int, connections: int) -> list[Result]:
+    env, paths = make_home(tmp)
+    returning = (
+        f"User-Agent: {USER_AGENT}",
+        f"Cookie: mt_v=Q2xpY2tpbmdWaXNpdG9yMD; mt_s={paths['session']}",
+    )
+    first = (f"User-Agent: {USER_AGENT}",)
+    results = []
+    for workers in (1, 2):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cpu = "1" if workers == 1 else None
+        label = "1 core" if workers == 1 else f"{workers} workers, unpinned"
+        with started(msgtrack_command(port, workers), f"{base}/health", env):
+            run = {"duration": duration, "connections": connections, "cpu": cpu}
+            click = base + paths["click"]
+            returning_result = wrk(
+                f"msgtrack click, returning visitor ({label})", click, headers=returning, **run
+            )
+            results.append(returning_result)
+            results.append(
+                wrk(f"msgtrack click, first visit ({label})", click, headers=first, **run)
+            )
+            results.append(
+                wrk(f"msgtrack open ({label})", base + paths["open"], headers=first, **run)
+            )
+            if workers == 1:
+                # about half the rate just measured: connections x (1 / delay)
+                half = returning_result.rps / 2
+                conns = max(1, round(half * HALF_LOAD_DELAY_MS / 1000))
+                results.append(
+                    wrk(
+                        "msgtrack click, returning visitor, ~half load (1 core)",
+                        click,
+                        headers=returning,
+                        duration=duration,
+                        connections=conns,
+                        cpu="1",
+                        delay_ms=HALF_LOAD_DELAY_MS,
+                    )
+                )
+    return results
+
+
+def soak(tmp: Path, seconds: int) -> str:
+    env, paths = make_home(tmp / "soak")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    samples: list[int] = []
+    with started(msgtrack_command(port, 1), f"{base}/health", env) as pid:
+        script = tmp / "soak-pace.lua"  # paced (~8k/s), not flat out: a shared machine
+        script.write_text(f"function delay()\n  return {SOAK_DELAY_MS}\nend\n")
+        command = [
+            "taskset", "-c", "1", "wrk", "-t1", f"-c{SOAK_CONNECTIONS}", f"-d{seconds}s",
+            "-s", str(script),
+            "-H", f"User-Agent: {USER_AGENT}",
+            "-H", f"Cookie: mt_v=Q2xpY2tpbmdWaXNpdG9yMD; mt_s={paths['session']}",
+            base + paths["click"],
+        ]  # fmt: skip
+        load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        while load.poll() is None:
+            samples.append(_rss_kib(pid))  # taskset execs: the server's pid
+            time.sleep(5)
+        out = load.stdout.read() if load.stdout else ""
+        written = httpx.get(f"{base}/health").json()["events_written"]
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    mib = [s / 1024 for s in samples]
+    return (
+        f"soak: {seconds} s of returning-visitor clicks at {rps.group(1) if rps else '?'} req/s, "
+        f"{written} events written; server RSS MiB first {mib[0]:.1f}, "
+        f"after 10 s {mib[min(2, len(mib) - 1)]:.1f}, max {max(mib):.1f}, last {mib[-1]:.1f} "
+        f"({len(mib)} samples)"
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- nginx -------------------------------------------------------------------------------------
+
+
+def bench_nginx(tmp: Path, duration: int, connections: int) -> list[Result]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        return [Result("nginx: not installed (apt-get install nginx-light)", 0, 0, 0)]
+    prefix = tmp / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            worker_processes 1;
+            daemon off;
+            pid {prefix}/nginx.pid;
+            error_log {prefix}/logs/error.log;
+            events {{ worker_connections 1024; }}
+            http {{
+                access_log {prefix}/logs/access.log;
+                client_body_temp_path {prefix}/body;
+                proxy_temp_path {prefix}/proxy;
+                fastcgi_temp_path {prefix}/fastcgi;
+                uwsgi_temp_path {prefix}/uwsgi;
+                scgi_temp_path {prefix}/scgi;
+                server {{
+                    listen 127.0.0.1:{port} reuseport;
+                    location / {{ return 302 {DESTINATION}; }}
+                }}
+            }}
+            """
+        )
+    )
+    command = ["taskset", "-c", "0", nginx, "-p", str(prefix), "-c", str(conf)]
+    if os.getuid() == 0:  # workers would switch to "nobody"; keep them as we are
+        conf.write_text("user root;\n" + conf.read_text())
+    url = f"http://127.0.0.1:{port}/c/AAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    with started(command, url):
+        return [
+            wrk(
+                "nginx `return 302`, access log on (1 core)",
+                url,
+                duration=duration,
+                connections=connections,
+                headers=(f"User-Agent: {USER_AGENT}",),
+            )
+        ]
+
+
+# -- pytracking in Django under gunicorn -------------------------------------------------------
+
+DJANGO_APP = '''
+"""pytracking's click decoding in a Django view, one log line per click."""
+import os
+
+import django
+import pytracking
+from django.conf import settings
+from django.http import HttpResponseNotFound, HttpResponseRedirect
+from django.urls import path
+
+# The settings `django-admin startproject` writes (apps, middleware), DEBUG off.
+settings.configure(
+    DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="bench",
+    INSTALLED_APPS=[
+        "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+        "django.contrib.sessions", "django.contrib.messages", "django.contrib.staticfiles",
+    ],
+    MIDDLEWARE=[
+        "django.middleware.security.SecurityMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ],
+    TEMPLATES=[{
+        "BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True,
+        "OPTIONS": {"context_processors": [
+            "django.template.context_processors.request",
+            "django.contrib.auth.context_processors.auth",
+            "django.contrib.messages.context_processors.messages",
+        ]},
+    }],
+    DATABASES={"default": {
+        "ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["BENCH_DB"],
+    }},
+    STATIC_URL="static/",
+    USE_TZ=True,
+)
+django.setup()
+CONFIG = pytracking.Configuration(base_click_tracking_url="http://127.0.0.1/c/")
+LOG = open(os.environ["BENCH_LOG"], "a", buffering=1)
+
+
+def click(request, token):
+    try:
+        result = pytracking.get_click_tracking_result(
+            token,
+            request_data={"user_agent": request.META.get("HTTP_USER_AGENT"),
+                          "user_ip": request.META.get("REMOTE_ADDR")},
+            configuration=CONFIG,
+        )
+    except Exception:
+        return HttpResponseNotFound()
+    LOG.write(repr((result.metadata, result.request_data, result.timestamp)) + "\\n")
+    return HttpResponseRedirect(result.tracked_url)
+
+
+def token_for(url):
+    full = pytracking.get_click_tracking_url(
+        url, {"delivery": 1, "message": 123456}, configuration=CONFIG
+    )
+    return full.rsplit("/", 1)[1]
+
+
+urlpatterns = [path("c/<str:token>", click)]
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+application = get_wsgi_application()
+'''
+
+
+def bench_pytracking(tmp: Path, duration: int, connections: int) -> list[Result]:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "pytracking", "django", "gunicorn"],
+            check=True,
+        )
+    app_dir = tmp / "django"
+    app_dir.mkdir()
+    (app_dir / "benchapp.py").write_text(DJANGO_APP)
+    env = dict(
+        os.environ,
+        BENCH_LOG=str(app_dir / "clicks.log"),
+        BENCH_DB=str(app_dir / "db.sqlite3"),
+        PYTHONPATH=str(app_dir),
+    )
+    env.pop("VIRTUAL_ENV", None)
+    token = subprocess.run(
+        [str(python), "-c", f"import benchapp; print(benchapp.token_for({DESTINATION!r}))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    port = free_port()
+    command = [
+        "taskset", "-c", "0", str(VENV / "bin" / "gunicorn"), "-w", "1",
+        "-b", f"127.0.0.1:{port}", "--chdir", str(app_dir), "--log-level", "warning",
+        "benchapp:application",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}/c/{token}"
+    with started(command, url, env):
+        check = httpx.get(url)
+        assert check.status_code == 302 and check.headers["location"] == DESTINATION
+        return [
+            wrk(
+                "pytracking click in Django (startproject middleware) + gunicorn (1 core)",
+                url,
+                duration=duration,
+                connections=connections,
+                headers=(f"User-Agent: {USER_AGENT}",),
+            )
+        ]
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| server and request | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--soak", type=int, default=0, help="soak seconds (0: none)")
+    parser.add_argument(
+        "--only", default="msgtrack,nginx,pytracking", help="comma-separated servers to run"
+    )
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed (apt-get install wrk util-linux)")
+    only = set(args.only.split(","))
+    results: list[Result] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="msgtrack-bench-tracking-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "msgtrack" in only:
+            results += bench_msgtrack(tmp, args.duration, args.connections)
+        if "nginx" in only:
+            results += bench_nginx(tmp, args.duration, args.connections)
+        if "pytracking" in only:
+            results += bench_pytracking(tmp, args.duration, args.connections)
+        if args.soak:
+            notes.append(soak(tmp, args.soak))
+    report = table(results)
+    by_name = {r.name: r.rps for r in results}
+    one = by_name.get("msgtrack click, returning visitor (1 core)")
+    if one:
+        for name, rps in by_name.items():
+            if rps and not name.startswith("msgtrack"):
+                notes.append(
+                    f"msgtrack returning-visitor click / {name.split(' ')[0]}: {one / rps:.2f}x"
+                )
+        two = by_name.get("msgtrack click, returning visitor (2 workers, unpinned)")
+        if two:
+            notes.append(f"2 workers / 1 core: {two / one:.2f}x")
+    text = report + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
+    print(text)
+    out = OUT if results else OUT.with_name("tracking-soak.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"`python benchmarks/bench_tracking.py --duration {args.duration} "
+        f"--connections {args.connections} --soak {args.soak}` on {time.strftime('%Y-%m-%d')}, "
+        f"{os.cpu_count()} CPUs, load average at the end: {os.getloadavg()[0]:.2f}\n\n" + text
+    )
+
+
+if __name__ == "__main__":
+    main()
