@@ -10,8 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+
+from msgtrack.tracking.events import Event, decode_event
 
 
 def free_port() -> int:
@@ -40,28 +43,32 @@ def msgtrack(
 
 
 @contextmanager
-def running(env: dict[str, str], *args: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``msgtrack ARGS`` and wait until ``/health`` answers; SIGTERM at the end."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "msgtrack", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+def serving(
+    command: list[str], env: dict[str, str], port: int, *, output: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server process, wait until ``/health`` answers on ``port``, and stop it
+    with SIGTERM at the end (SIGKILL if it does not exit). ``output`` collects its
+    stdout and stderr (shown if it dies while starting)."""
+    sink = open(output, "wb") if output else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    finally:
+        if output:
+            sink.close()  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
     try:
         while True:
             if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                raise AssertionError(f"msgtrack {' '.join(args)} exited {proc.returncode}:\n{out}")
+                said = output.read_text(errors="replace") if output else ""
+                raise AssertionError(f"{' '.join(command)} exited {proc.returncode}:\n{said}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"msgtrack {' '.join(args)} did not answer /health")
-            time.sleep(0.1)
+                raise AssertionError(f"{' '.join(command)} did not answer /health")
+            time.sleep(0.05)
         yield proc
     finally:
         if proc.poll() is None:
@@ -71,3 +78,22 @@ def running(env: dict[str, str], *args: str, port: int) -> Iterator[subprocess.P
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextmanager
+def running(
+    env: dict[str, str], *args: str, port: int, output: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``msgtrack ARGS`` as a server, ready when ``/health`` answers on ``port``."""
+    with serving([sys.executable, "-m", "msgtrack", *args], env, port, output=output) as proc:
+        yield proc
+
+
+def logged_events(home: Path) -> list[Event]:
+    """Every event in the home's log segments, checking each segment ends with a line."""
+    events = []
+    for path in sorted((home / "events").glob("*.log")):
+        data = path.read_bytes()
+        assert not data or data.endswith(b"\n"), f"{path.name} ends inside a line"
+        events += [decode_event(line) for line in data.splitlines()]
+    return events

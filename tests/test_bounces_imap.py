@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.factories import add_delivery, add_message, add_recipient
-from tests.helpers import free_port, msgtrack
 
 from msgtrack.context import Context
+from tests.factories import add_delivery, add_message, add_recipient
+from tests.helpers import free_port, msgtrack
 
 DOVECOT = shutil.which("dovecot") or (
     "/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None

@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.helpers import free_port
-from tests.test_send import indicators, make_delivery, rows
 
 from msgtrack.context import Context
 from msgtrack.delivery.bounces.mailbox import process_maildir
 from msgtrack.delivery.bounces.process import BounceProcessor
 from msgtrack.delivery.send import send_delivery
 from msgtrack.delivery.transports import SmtpTransport
+from tests.helpers import free_port
+from tests.test_send import indicators, make_delivery, rows
 
 POSTFIX = shutil.which("postfix") or (
     "/usr/sbin/postfix" if os.path.exists("/usr/sbin/postfix") else None

@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from tests.factories import add_delivery, add_message, add_recipient
-from tests.helpers import msgtrack
 
 from msgtrack.context import Context
 from msgtrack.delivery.bounces.mailbox import PROCESSED, process_maildir
@@ -29,6 +27,8 @@ from msgtrack.storage.schema import (
     unsubscriptions,
 )
 from msgtrack.storage.types import utcnow
+from tests.factories import add_delivery, add_message, add_recipient
+from tests.helpers import msgtrack
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 PLACEHOLDER = b"aaaaaaaaaaaaaaaa"

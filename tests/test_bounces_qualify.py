@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers import msgtrack
 
 from msgtrack.delivery.bounces.qualify import qualify_message, qualify_reply
 from msgtrack.delivery.bounces.rules import (
@@ -20,6 +19,7 @@ from msgtrack.delivery.bounces.rules import (
     normalize_text,
     parse_rules,
 )
+from tests.helpers import msgtrack
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import select
-from tests.test_send import indicators, make_delivery, rows
-from tests.test_transports import Mailbox, smtp_server
 
 from msgtrack.context import Context
 from msgtrack.delivery.analyse import prepare_delivery
@@ -19,6 +17,8 @@ from msgtrack.delivery.transports import SmtpTransport
 from msgtrack.storage import quarantine as qstore
 from msgtrack.storage.schema import quarantines
 from msgtrack.storage.types import utcnow
+from tests.test_send import indicators, make_delivery, rows
+from tests.test_transports import Mailbox, smtp_server
 
 GONE = "gone@a.example"
 SPAM = "spam@b.example"

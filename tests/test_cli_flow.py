@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.helpers import free_port, msgtrack, running
 
 PEOPLE = """email,first_name,email_format

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
 from tests.helpers import free_port, msgtrack, running
 
 RECIPIENTS = """email,first_name,last_name,email_format,customer_id

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from tests.test_transports import Mailbox, smtp_server
 
 from msgtrack.context import Context
 from msgtrack.delivery.analyse import prepare_delivery
@@ -30,6 +29,7 @@ from msgtrack.storage.recipients import import_recipients_csv
 from msgtrack.storage.schema import deliveries, delivery_indicators, domain_stats, messages
 from msgtrack.storage.types import utcnow
 from msgtrack.tracking import snapshot
+from tests.test_transports import Mailbox, smtp_server
 
 HTML = """<html><head><title>News</title></head>
 <body><p>Hello {{ recipient.first_name }}</p>

@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.test_send import make_delivery, rows
-from tests.test_transports import Mailbox, smtp_server
 
 from msgtrack.context import Context
 from msgtrack.delivery.send import AlreadySending, send_delivery
 from msgtrack.delivery.transports import SmtpTransport
+from tests.test_send import make_delivery, rows
+from tests.test_transports import Mailbox, smtp_server
 
 pytestmark = pytest.mark.slow
 

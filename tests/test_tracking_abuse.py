@@ -21,6 +21,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from msgtrack.config import load_settings
+from msgtrack.context import Context
+from msgtrack.links.sign import MAC_BYTES, PURPOSE_LINK, KeyRing, LinkToken, TokenError
+from msgtrack.tracking.app import TrackingApp
+from msgtrack.tracking.eventlog import EventLog
+from msgtrack.tracking.server import HttpProtocol, ServerState
 from tests.helpers import msgtrack
 from tests.test_tokens import b64
 from tests.test_tracking_crash import (
@@ -33,13 +40,6 @@ from tests.test_tracking_crash import (
     tracking_server,
 )
 from tests.test_tracking_faults import server
-
-from msgtrack.config import load_settings
-from msgtrack.context import Context
-from msgtrack.links.sign import MAC_BYTES, PURPOSE_LINK, KeyRing, LinkToken, TokenError
-from msgtrack.tracking.app import TrackingApp
-from msgtrack.tracking.eventlog import EventLog
-from msgtrack.tracking.server import HttpProtocol, ServerState
 
 DESTINATION = "https://shop.example/item/"
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +25,8 @@ import httpx
 from msgtrack.config import load_settings
 from msgtrack.links.sign import KeyRing, LinkToken
 from msgtrack.tracking import snapshot
-from msgtrack.tracking.events import Event, decode_event
+from msgtrack.tracking.events import Event
+from tests.helpers import free_port, logged_events, serving
 
 DELIVERY = 1
 CLICK, OPEN, OPT_OUT = 10, 12, 13
@@ -60,12 +59,6 @@ def make_home(tmp_path: Path) -> tuple[dict[str, str], KeyRing]:
     return env, keyring
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # Runs the server module with a file size limit: write() then fails with EFBIG, as on a
 # full disk, even for root (Python ignores SIGXFSZ).
 LIMITED = (
@@ -86,41 +79,12 @@ def tracking_server(
         command = [sys.executable, "-m", "msgtrack.tracking.server", *args]
     else:
         command = [sys.executable, "-c", LIMITED, str(file_size_limit), *args]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise AssertionError(f"tracking server exited {proc.returncode}:\n{err}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "tracking server did not answer /health"
-            time.sleep(0.05)
-        yield proc, base
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    with serving(command, env, port) as proc:
+        yield proc, f"http://127.0.0.1:{port}"
 
 
 def logged(env: dict[str, str]) -> list[Event]:
-    events = []
-    for path in sorted((Path(env["MSGTRACK_HOME"]) / "events").glob("*.log")):
-        data = path.read_bytes()
-        assert not data or data.endswith(b"\n"), f"{path.name} ends inside a line"
-        events += [decode_event(line) for line in data.splitlines()]
-    return events
+    return logged_events(Path(env["MSGTRACK_HOME"]))
 
 
 def test_sigkill_loses_nothing_that_was_answered(tmp_path: Path) -> None:

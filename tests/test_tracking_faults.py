@@ -30,10 +30,11 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.test_tracking_crash import CLICK, DELIVERY, OPEN, OPT_OUT, free_port, logged, make_home
 
 from msgtrack.links.sign import KeyRing, LinkToken
 from msgtrack.tracking.eventlog import is_sealed
+from tests.helpers import free_port, serving
+from tests.test_tracking_crash import CLICK, DELIVERY, OPEN, OPT_OUT, logged, make_home
 
 # A file size limit on the server: writes past it fail with EFBIG, as on a full disk
 # (Python ignores SIGXFSZ). Only the soft limit is set, so the test can lift it from
@@ -57,30 +58,8 @@ def server(
         command = [sys.executable, "-m", "msgtrack.tracking.server", *args]
     else:
         command = [sys.executable, "-c", SOFT_LIMITED, str(file_size_limit), *args]
-    proc = subprocess.Popen(
-        command, env={**env, **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"tracking server exited {proc.returncode}"
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "tracking server did not answer /health"
-            time.sleep(0.05)
-        yield proc, base
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serving(command, {**env, **extra}, port) as proc:
+        yield proc, f"http://127.0.0.1:{port}"
 
 
 def links(keyring: KeyRing) -> tuple[str, str, str]:

@@ -29,7 +29,7 @@ from msgtrack.storage.schema import deliveries, messages, recipients, tracked_ur
 from msgtrack.storage.types import utcnow
 from msgtrack.tracking import snapshot
 from msgtrack.tracking.eventlog import SEGMENT_NAME, is_sealed
-from msgtrack.tracking.events import Event, decode_event
+from tests.helpers import free_port, logged_events, serving
 
 PLAIN_URL = "https://shop.example/a?x=1&y=2"
 PERSONAL_URL = "https://shop.example/p/{{ recipient.id }}?n={{ recipient.first_name }}"
@@ -121,12 +121,6 @@ def token(
 # -- the server process ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     proc: subprocess.Popen[bytes]
@@ -148,52 +142,12 @@ def tracking_server(env: dict[str, str], **extra: str) -> Iterator[Server]:
     port = free_port()
     home = Path(env["MSGTRACK_HOME"])
     output = home / f"server-{port}.out"
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "msgtrack.tracking.server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env={**env, **extra},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(proc, port, home, output)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"tracking server exited {proc.returncode}:\n{output.read_text()}"
-                )
-            try:
-                if httpx.get(f"{server.base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "tracking server did not answer /health"
-            time.sleep(0.05)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    command = [sys.executable, "-m", "msgtrack.tracking.server", "--host", "127.0.0.1"]
+    with serving([*command, "--port", str(port)], {**env, **extra}, port, output=output) as proc:
+        yield Server(proc, port, home, output)
 
 
-def logged(home: Path) -> list[Event]:
-    events = []
-    for path in sorted((home / "events").glob("*.log")):
-        events += [decode_event(line) for line in path.read_bytes().splitlines()]
-    return events
+logged = logged_events
 
 
 def health(server: Server) -> dict[str, Any]:

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-from tests.test_tracking_crash import CLICK, DELIVERY, OPEN, free_port, logged, make_home
 
 from msgtrack.links.sign import LinkToken
 from msgtrack.tracking.eventlog import SEGMENT_NAME, is_sealed
+from tests.test_tracking_crash import CLICK, DELIVERY, OPEN, free_port, logged, make_home
 
 
 def children(pid: int) -> set[int]:

@@ -24,7 +24,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tests.helpers import free_port
 
 from msgtrack.config import load_settings
 from msgtrack.delivery.transports import (
@@ -35,6 +34,7 @@ from msgtrack.delivery.transports import (
     Verdict,
     transport_from_option,
 )
+from tests.helpers import free_port
 
 T = TypeVar("T")
 
