@@ -112,6 +112,33 @@ def keys_retire(key_id: int) -> None:
 
 
 @main.group()
+def users() -> None:
+    """People who sign in to the web UI."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option(
+    "--password-stdin", "password_stdin", is_flag=True, help="Read the password from stdin."
+)
+def users_add(name: str, password_stdin: bool) -> None:
+    """Create a user (or set a new password for an existing one)."""
+    from msgtrack.storage.users import set_user
+
+    if not password_stdin:
+        _fail("give the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not name.strip() or len(name) > 200:
+        _fail("a user name is 1 to 200 characters")
+    if len(password) < 8:
+        _fail("the password must have at least 8 characters")
+    ctx = _context()
+    with ctx.engine.begin() as conn:
+        set_user(conn, name, password)
+    click.echo(f"user {name} saved")
+
+
+@main.group()
 def recipients() -> None:
     """Recipient profiles."""
 

@@ -54,6 +54,8 @@ class Settings:
     quarantine_soft_errors: int = 5  # soft errors that quarantine an address
     quarantine_soft_interval: float = 86400.0  # least seconds between counted errors
     quarantine_mailbox_full_days: float = 30.0  # a mailbox-full quarantine expires after
+    # The IANA zone in which the web UI shows days and hours (events are stored in UTC).
+    timezone: str = "UTC"
     extra: dict[str, str] = field(default_factory=dict)
 
     # Paths under the home, one place so every process agrees.
@@ -120,4 +122,5 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         quarantine_soft_errors=_int("MSGTRACK_QUARANTINE_SOFT_ERRORS", 5),
         quarantine_soft_interval=_float("MSGTRACK_QUARANTINE_SOFT_INTERVAL", 86400.0),
         quarantine_mailbox_full_days=_float("MSGTRACK_QUARANTINE_MAILBOX_FULL_DAYS", 30.0),
+        timezone=os.environ.get("MSGTRACK_TIMEZONE") or "UTC",
     )

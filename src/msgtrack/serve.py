@@ -34,10 +34,10 @@ def run_serve(ctx: Context, host: str, port: int) -> None:
     from msgtrack.tracking.app import TrackingApp
     from msgtrack.tracking.asgi import tracking_asgi
     from msgtrack.tracking.eventlog import EventLog
-    from msgtrack.web.api import create_api
+    from msgtrack.web.app import create_app
 
     event_log = EventLog.from_settings(ctx.settings)
-    app = tracking_asgi(TrackingApp(ctx, event_log), fallback=create_api(ctx))
+    app = tracking_asgi(TrackingApp(ctx, event_log), fallback=create_app(ctx))
     stop = threading.Event()
     loop_thread = threading.Thread(
         target=ingestion_loop, args=(ctx, stop), name="ingest", daemon=True

@@ -341,3 +341,13 @@ api_tokens = Table(
     Column("name", String(200), nullable=False, server_default="default"),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+# People who sign in to the web UI; only an argon2 hash of the password is kept.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -1,59 +1,78 @@
-"""The JSON API, behind an API token (``Authorization: Bearer …``).
+"""The JSON API, behind an API token (``Authorization: Bearer …``) or a signed-in session.
 
 FastAPI is used here for its OpenAPI schema (served at ``/api/openapi.json``); the
 admin side is not on the tracking hot path, so a framework costs nothing that matters.
+Every list is also CSV with ``?format=csv``, streamed a page at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import Response
 
-from msgtrack import __version__
-from msgtrack.context import Context
+from msgtrack.reports import deliveries as reports
 from msgtrack.reports.indicators import delivery_indicators
 from msgtrack.reports.recipients import recipient_tracking
 from msgtrack.storage.auth import api_token_exists
+from msgtrack.web.auth import SESSION_COOKIE, bearer_token
+from msgtrack.web.csv import csv_response
+from msgtrack.web.state import WebState
 
-bearer = HTTPBearer(auto_error=False)
+Format = Literal["json", "csv"]
+MAX_ID = 2**63
+
+DELIVERY_COLUMNS = (
+    "id", "name", "state", "created_at", "sent_at", "to_deliver",
+    "success", "errors", "recipient_opens", "total_clicks",
+)  # fmt: skip
+MESSAGE_COLUMNS = (
+    "id", "email", "status", "failure_type", "failure_code", "failure_reason",
+    "attempts", "sent_at", "open_count", "click_count",
+)  # fmt: skip
+EVENT_COLUMNS = ("id", "at", "type", "url", "label", "email", "user_agent", "ip")
+CLICK_COLUMNS = ("clicked_at", "url", "label", "delivery_id", "delivery_name")
+DOMAIN_COLUMNS = ("domain", "sent", "complaints", "opens", "clicks", "raw_reactivity")
 
 
-def create_api(ctx: Context) -> FastAPI:
-    app = FastAPI(
-        title="msgtrack",
-        version=__version__,
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
-        redoc_url=None,
-    )
+def _valid_id(delivery_id: int) -> int:
+    if not 0 < delivery_id < MAX_ID:
+        raise HTTPException(404, "no such delivery")
+    return delivery_id
+
+
+def api_router(state: WebState) -> APIRouter:
+    ctx = state.ctx
 
     def _check_token(token: str) -> bool:
         with ctx.reader.connect() as conn:
             return api_token_exists(conn, token)
 
-    async def require_token(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    ) -> None:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPException(401, "missing API token", headers={"WWW-Authenticate": "Bearer"})
-        if not await asyncio.to_thread(_check_token, credentials.credentials):
+    async def require_access(request: Request) -> None:
+        """An API token, or the session cookie of a signed-in user."""
+        token = bearer_token(request)
+        if token is not None:
+            if await asyncio.to_thread(_check_token, token):
+                return
             raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
+        if state.signer.read(request.cookies.get(SESSION_COOKIE)) is not None:
+            return
+        raise HTTPException(401, "missing API token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.get("/api/deliveries/{delivery_id}/indicators", dependencies=[Depends(require_token)])
+    router = APIRouter(prefix="/api", dependencies=[Depends(require_access)])
+
+    @router.get("/deliveries/{delivery_id}/indicators")
     async def indicators(delivery_id: int) -> dict[str, Any]:
         """Tracking indicators of one delivery (SPEC §6), with the per-domain table."""
-        if not 0 < delivery_id < 2**63:
-            raise HTTPException(404, "no such delivery")
+        _valid_id(delivery_id)
         result = await asyncio.to_thread(delivery_indicators, ctx.reader, delivery_id)
         if result is None:
             raise HTTPException(404, "no such delivery")
         return result
 
-    @app.get("/api/recipients/{email}/tracking", dependencies=[Depends(require_token)])
+    @router.get("/recipients/{email}/tracking")
     async def tracking(email: str) -> list[dict[str, Any]]:
         """Every click of one recipient across deliveries, newest first."""
         result = await asyncio.to_thread(recipient_tracking, ctx.reader, email)
@@ -61,12 +80,109 @@ def create_api(ctx: Context) -> FastAPI:
             raise HTTPException(404, "no such recipient")
         return result
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home(request: Request) -> str:
-        return (
-            "<!doctype html><meta charset=utf-8><title>msgtrack</title>"
-            f"<h1>msgtrack {__version__}</h1><p>The tracking server and the API are running. "
-            '<a href="/api/docs">API documentation</a>.</p>'
+    @router.get("/deliveries", response_model=None)
+    async def deliveries(
+        q: str = Query("", max_length=200, description="Part of the name."),
+        sort: Literal["id", "name", "created", "state"] = "id",
+        order: Literal["asc", "desc"] = "desc",
+        page: int = Query(1, ge=1, le=1_000_000),
+        limit: int = Query(50, ge=1, le=500),
+        format: Format = "json",
+    ) -> list[dict[str, Any]] | Response:
+        """Deliveries, searched by name, sorted, a page at a time."""
+        if format == "csv":
+            rows = reports.iter_delivery_list(
+                ctx.reader, search=q, sort=sort, descending=order == "desc"
+            )
+            return csv_response(DELIVERY_COLUMNS, rows, "deliveries.csv")
+        return await asyncio.to_thread(
+            reports.delivery_list,
+            ctx.reader,
+            search=q,
+            sort=sort,
+            descending=order == "desc",
+            page=page,
+            limit=limit,
         )
 
-    return app
+    @router.get("/deliveries/{delivery_id}", response_model=None)
+    async def dashboard(
+        delivery_id: int,
+        status: Literal["pending", "in_flight", "sent", "failed", "unknown"] | None = None,
+        after: int | None = Query(None, ge=0, lt=MAX_ID),
+        limit: int = Query(50, ge=1, le=500),
+        format: Format = "json",
+    ) -> dict[str, Any] | Response:
+        """A delivery's dashboard: state, counts by status, errors by reason, its
+        messages (keyset paging with ``after``; the CSV has them all) and tracked URLs."""
+        _valid_id(delivery_id)
+        result = await asyncio.to_thread(
+            reports.delivery_dashboard,
+            ctx.reader,
+            delivery_id,
+            status=status,
+            after=after,
+            limit=limit,
+        )
+        if result is None:
+            raise HTTPException(404, "no such delivery")
+        if format == "csv":
+            rows = reports.iter_messages(ctx.reader, delivery_id, status)
+            return csv_response(MESSAGE_COLUMNS, rows, f"delivery-{delivery_id}-messages.csv")
+        return result
+
+    @router.get("/deliveries/{delivery_id}/tracking", response_model=None)
+    async def delivery_tracking(
+        delivery_id: int,
+        type: Literal["click", "open", "opt-out", "mirror", "web", "transaction"] | None = None,
+        before: str | None = Query(None, max_length=100, description="The `next` cursor."),
+        limit: int = Query(50, ge=1, le=500),
+        format: Format = "json",
+    ) -> dict[str, Any] | Response:
+        """The delivery's tracking events, newest first, paged with a keyset cursor."""
+        _valid_id(delivery_id)
+        cursor = None
+        if before:
+            try:
+                cursor = reports.decode_cursor(before)
+            except (ValueError, OverflowError):
+                raise HTTPException(400, "bad cursor") from None
+        result = await asyncio.to_thread(
+            reports.delivery_tracking,
+            ctx.reader,
+            delivery_id,
+            event_type=type,
+            before=cursor,
+            limit=limit,
+        )
+        if result is None:
+            raise HTTPException(404, "no such delivery")
+        if format == "csv":
+            rows = reports.iter_tracking(ctx.reader, delivery_id, type)
+            return csv_response(EVENT_COLUMNS, rows, f"delivery-{delivery_id}-tracking.csv")
+        return result
+
+    @router.get("/deliveries/{delivery_id}/reports/indicators", response_model=None)
+    async def indicators_report(
+        delivery_id: int, format: Format = "json"
+    ) -> dict[str, Any] | Response:
+        """SPEC §6 indicators with the per-domain table (the CSV is the domain table)."""
+        result = await indicators(delivery_id)
+        if format == "csv":
+            return csv_response(
+                DOMAIN_COLUMNS, result["domains"], f"delivery-{delivery_id}-indicators.csv"
+            )
+        return result
+
+    @router.get("/recipients/{email}", response_model=None)
+    async def recipient(email: str, format: Format = "json") -> dict[str, Any] | Response:
+        """A recipient's profile, latest messages and every click (its tracking tab;
+        the CSV is the clicks)."""
+        result = await asyncio.to_thread(reports.recipient_profile, ctx.reader, email)
+        if result is None:
+            raise HTTPException(404, "no such recipient")
+        if format == "csv":
+            return csv_response(CLICK_COLUMNS, result["clicks"], "recipient-tracking.csv")
+        return result
+
+    return router

@@ -1,0 +1,189 @@
+"""The deliveries list, a delivery's dashboard and its tracking tab, shaped for the API
+(JSON, CSV) and the web pages alike: plain values, times in UTC ISO 8601."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from msgtrack.reports.indicators import connection
+from msgtrack.storage import deliveries as delivery_store
+from msgtrack.storage import reports as store
+
+EDITABLE_STATES = ("draft", "prepared")
+EVENT_TYPES = ("click", "open", "opt-out", "mirror", "web", "transaction")
+MESSAGE_STATUSES = ("pending", "in_flight", "sent", "failed", "unknown")
+EXPORT_PAGE = 1000
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    return {k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(row).items()}
+
+
+def delivery_list(
+    conn_or_engine: Connection | Engine,
+    *,
+    search: str = "",
+    sort: str = "id",
+    descending: bool = True,
+    page: int = 1,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    with connection(conn_or_engine) as conn:
+        rows = store.deliveries_page(
+            conn, search=search, sort=sort, descending=descending, page=page, limit=limit
+        )
+    return [_plain(r) for r in rows]
+
+
+def iter_delivery_list(
+    engine: Engine, *, search: str, sort: str, descending: bool
+) -> Iterator[dict[str, Any]]:
+    """Every matching delivery, a page at a time (for exports)."""
+    page = 1
+    while True:
+        rows = delivery_list(
+            engine, search=search, sort=sort, descending=descending, page=page, limit=EXPORT_PAGE
+        )
+        yield from rows
+        if len(rows) < EXPORT_PAGE:
+            return
+        page += 1
+
+
+def delivery_dashboard(
+    conn_or_engine: Connection | Engine,
+    delivery_id: int,
+    *,
+    status: str | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> dict[str, Any] | None:
+    """State, counts by status, errors by reason, a page of messages and the tracked URLs."""
+    with connection(conn_or_engine) as conn:
+        delivery = delivery_store.get_delivery(conn, delivery_id)
+        if delivery is None:
+            return None
+        counts = store.status_counts(conn, delivery_id)
+        errors = store.error_groups(conn, delivery_id)
+        page = store.messages_page(
+            conn, delivery_id, status=status, after_id=after, limit=limit + 1
+        )
+        urls = delivery_store.tracked_urls(conn, delivery_id)
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "id": delivery.id,
+        "name": delivery.name,
+        "subject": delivery.subject,
+        "state": delivery.state,
+        "created_at": _iso(delivery.created_at),
+        "sent_at": _iso(delivery.sent_at),
+        "to_deliver": delivery.to_deliver,
+        "editable": delivery.state in EDITABLE_STATES,
+        "status_counts": counts,
+        "errors": [dict(e) for e in errors],
+        "messages": [_plain(m) for m in page],
+        "next_after": page[-1]["id"] if more else None,
+        "urls": [
+            {
+                "id": u.id,
+                "ordinal": u.ordinal,
+                "type": u.type,
+                "url": u.url,
+                "label": u.label,
+                "category": u.category,
+                "tracked": bool(u.tracked),
+            }
+            for u in urls
+        ],
+    }
+
+
+def iter_messages(engine: Engine, delivery_id: int, status: str | None) -> Iterator[dict[str, Any]]:
+    after: int | None = None
+    while True:
+        with engine.connect() as conn:
+            rows = store.messages_page(
+                conn, delivery_id, status=status, after_id=after, limit=EXPORT_PAGE
+            )
+        yield from (_plain(r) for r in rows)
+        if len(rows) < EXPORT_PAGE:
+            return
+        after = rows[-1]["id"]
+
+
+def encode_cursor(at: datetime, event_id: int) -> str:
+    return f"{at.isoformat()}~{event_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """ValueError when the cursor is not one of ours."""
+    at, _, event_id = cursor.rpartition("~")
+    parsed = datetime.fromisoformat(at)
+    if parsed.tzinfo is None:
+        raise ValueError("cursor without a time zone")
+    return parsed, int(event_id)
+
+
+def delivery_tracking(
+    conn_or_engine: Connection | Engine,
+    delivery_id: int,
+    *,
+    event_type: str | None = None,
+    before: tuple[datetime, int] | None = None,
+    limit: int = 50,
+) -> dict[str, Any] | None:
+    """A page of the delivery's tracking events, newest first, and the next cursor."""
+    with connection(conn_or_engine) as conn:
+        delivery = delivery_store.get_delivery(conn, delivery_id)
+        if delivery is None:
+            return None
+        rows = store.tracking_page(
+            conn, delivery_id, event_type=event_type, before=before, limit=limit + 1
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "delivery_id": delivery.id,
+        "name": delivery.name,
+        "events": [_plain(r) for r in rows],
+        "next": encode_cursor(rows[-1]["at"], rows[-1]["id"]) if more else None,
+    }
+
+
+def iter_tracking(
+    engine: Engine, delivery_id: int, event_type: str | None
+) -> Iterator[dict[str, Any]]:
+    before: tuple[datetime, int] | None = None
+    while True:
+        with engine.connect() as conn:
+            rows = store.tracking_page(
+                conn, delivery_id, event_type=event_type, before=before, limit=EXPORT_PAGE
+            )
+        yield from (_plain(r) for r in rows)
+        if len(rows) < EXPORT_PAGE:
+            return
+        before = (rows[-1]["at"], rows[-1]["id"])
+
+
+def recipient_profile(
+    conn_or_engine: Connection | Engine, email: str, *, limit: int = 100
+) -> dict[str, Any] | None:
+    """The recipient, their latest messages and every click (the tracking tab)."""
+    from msgtrack.reports.recipients import recipient_tracking
+
+    with connection(conn_or_engine) as conn:
+        recipient = store.recipient_by_email(conn, email)
+        if recipient is None:
+            return None
+        messages = store.recipient_messages(conn, recipient["id"], limit)
+        clicks = recipient_tracking(conn, email) or []
+    return {**_plain(recipient), "messages": [_plain(m) for m in messages], "clicks": clicks}

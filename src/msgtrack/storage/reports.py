@@ -1,0 +1,183 @@
+"""Read-only queries behind the web screens: lists that page with keysets, counts that
+group in the database. Every list is bounded by its ``limit``; nothing here scans a
+table without an index on its filter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.engine import Connection, RowMapping
+
+from msgtrack.storage.schema import (
+    deliveries,
+    delivery_indicators,
+    messages,
+    recipients,
+    tracked_urls,
+    tracking_logs,
+)
+
+DELIVERY_SORTS = {
+    "id": deliveries.c.id,
+    "name": deliveries.c.name,
+    "created": deliveries.c.created_at,
+    "state": deliveries.c.state,
+}
+
+
+def deliveries_page(
+    conn: Connection, *, search: str, sort: str, descending: bool, page: int, limit: int
+) -> list[RowMapping]:
+    """One page of deliveries with their main counters; ``search`` matches the name."""
+    d, i = deliveries, delivery_indicators
+    key = DELIVERY_SORTS[sort]
+    stmt = select(
+        d.c.id,
+        d.c.name,
+        d.c.state,
+        d.c.created_at,
+        d.c.sent_at,
+        d.c.to_deliver,
+        func.coalesce(i.c.success, 0).label("success"),
+        func.coalesce(i.c.errors, 0).label("errors"),
+        func.coalesce(i.c.recipient_opens, 0).label("recipient_opens"),
+        func.coalesce(i.c.total_clicks, 0).label("total_clicks"),
+    ).select_from(d.outerjoin(i, i.c.delivery_id == d.c.id))
+    if search:
+        escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(func.lower(d.c.name).like(f"%{escaped}%", escape="\\"))
+    order = [key.desc(), d.c.id.desc()] if descending else [key.asc(), d.c.id.asc()]
+    stmt = stmt.order_by(*order).limit(limit).offset(max(page - 1, 0) * limit)
+    return list(conn.execute(stmt).mappings())
+
+
+def status_counts(conn: Connection, delivery_id: int) -> dict[str, int]:
+    """Messages of a delivery by status."""
+    m = messages
+    rows = conn.execute(
+        select(m.c.status, func.count())
+        .where(m.c.delivery_id == delivery_id)
+        .group_by(m.c.status)
+        .order_by(m.c.status)
+    )
+    return {status: int(n) for status, n in rows}
+
+
+def error_groups(conn: Connection, delivery_id: int) -> list[RowMapping]:
+    """Failed messages grouped by qualified reason and failure text, biggest first."""
+    m = messages
+    n = func.count().label("messages")
+    return list(
+        conn.execute(
+            select(
+                func.coalesce(m.c.failure_code, "").label("failure_code"),
+                func.coalesce(m.c.failure_type, "").label("failure_type"),
+                func.coalesce(m.c.failure_reason, "").label("failure_reason"),
+                n,
+            )
+            .where(m.c.delivery_id == delivery_id, m.c.failure_reason.is_not(None))
+            .group_by(m.c.failure_code, m.c.failure_type, m.c.failure_reason)
+            .order_by(n.desc(), m.c.failure_code)
+            .limit(100)
+        ).mappings()
+    )
+
+
+def messages_page(
+    conn: Connection, delivery_id: int, *, status: str | None, after_id: int | None, limit: int
+) -> list[RowMapping]:
+    """Messages of a delivery in id order, the ``limit`` after ``after_id``."""
+    m = messages
+    stmt = select(
+        m.c.id,
+        m.c.email,
+        m.c.status,
+        m.c.failure_type,
+        m.c.failure_code,
+        m.c.failure_reason,
+        m.c.attempts,
+        m.c.sent_at,
+        m.c.open_count,
+        m.c.click_count,
+    ).where(m.c.delivery_id == delivery_id)
+    if status:
+        stmt = stmt.where(m.c.status == status)
+    if after_id is not None:
+        stmt = stmt.where(m.c.id > after_id)
+    return list(conn.execute(stmt.order_by(m.c.id).limit(limit)).mappings())
+
+
+def tracking_page(
+    conn: Connection,
+    delivery_id: int,
+    *,
+    event_type: str | None,
+    before: tuple[datetime, int] | None,
+    limit: int,
+) -> list[RowMapping]:
+    """Tracking events of a delivery newest first, the ``limit`` before ``before``
+    (a keyset on (at, id), served by the (delivery_id, at) index)."""
+    t, u, r = tracking_logs, tracked_urls, recipients
+    stmt = (
+        select(
+            t.c.id,
+            t.c.at,
+            t.c.type,
+            func.coalesce(t.c.url, u.c.url).label("url"),
+            func.coalesce(u.c.label, "").label("label"),
+            r.c.email,
+            t.c.user_agent,
+            t.c.ip,
+        )
+        .select_from(
+            t.outerjoin(u, u.c.id == t.c.tracked_url_id).outerjoin(r, r.c.id == t.c.recipient_id)
+        )
+        .where(t.c.delivery_id == delivery_id)
+    )
+    if event_type:
+        stmt = stmt.where(t.c.type == event_type)
+    if before is not None:
+        at, last_id = before
+        stmt = stmt.where(or_(t.c.at < at, and_(t.c.at == at, t.c.id < last_id)))
+    return list(conn.execute(stmt.order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)).mappings())
+
+
+def recipient_by_email(conn: Connection, email: str) -> RowMapping | None:
+    r = recipients
+    return (
+        conn.execute(
+            select(
+                r.c.id,
+                r.c.email,
+                r.c.first_name,
+                r.c.last_name,
+                r.c.email_format,
+                r.c.created_at,
+                r.c.updated_at,
+            ).where(r.c.email_key == email.strip().lower())
+        )
+        .mappings()
+        .first()
+    )
+
+
+def recipient_messages(conn: Connection, recipient_id: int, limit: int) -> list[RowMapping]:
+    """The recipient's messages, newest first, with the opens and clicks counted on each."""
+    m, d = messages, deliveries
+    return list(
+        conn.execute(
+            select(
+                m.c.delivery_id,
+                d.c.name.label("delivery_name"),
+                m.c.status,
+                m.c.sent_at,
+                m.c.open_count,
+                m.c.click_count,
+            )
+            .select_from(m.join(d, d.c.id == m.c.delivery_id))
+            .where(m.c.recipient_id == recipient_id)
+            .order_by(m.c.id.desc())
+            .limit(limit)
+        ).mappings()
+    )

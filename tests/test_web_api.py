@@ -1,0 +1,339 @@
+"""The admin API and pages in-process (the real FastAPI app on a real database of each
+backend): who may see them, what they answer, CSRF, CSV, escaping."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from factories import T0, add_delivery, add_message, add_recipient, ev, write_segment
+from msgtrack.context import Context
+from msgtrack.ingest.loader import ingest_once
+from msgtrack.storage.auth import create_api_token
+from msgtrack.storage.schema import messages
+from msgtrack.storage.users import set_user
+from msgtrack.web.app import create_app
+
+EVIL_URL = "https://shop.example/?q=<script>alert('url')</script>"
+EVIL_LABEL = "<b>Shop</b>"
+EVIL_UA = "<script>alert('ua')</script> Mozilla/5.0"
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Scenario:
+    delivery_id: int
+    draft_id: int
+    token: str
+    link_ids: list[int]
+
+
+def build_scenario(ctx: Context) -> Scenario:
+    """A sent delivery: alice opens and clicks the evil link (with an evil user agent),
+    bob opens and clicks the second link, carol's message failed; a draft next to it;
+    a user ``ada`` and an API token."""
+    with ctx.engine.begin() as conn:
+        d = add_delivery(
+            conn,
+            "Spring <i>news</i>",
+            to_deliver=3,
+            links=[(EVIL_URL, EVIL_LABEL), ("https://example.org/b", "B")],
+        )
+        ids = {}
+        for name, domain in [("alice", "example.com"), ("bob", "example.org"), ("carol", "x.net")]:
+            email = f"{name}@{domain}"
+            rid = add_recipient(conn, email, first_name=name.title())
+            ids[name] = add_message(
+                conn, d.id, rid, email, status="failed" if name == "carol" else "sent"
+            )
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == ids["carol"])
+            .values(failure_reason="550 5.1.1 <carol@x.net> unknown", failure_code="user_unknown")
+        )
+        draft = add_delivery(
+            conn, "Summer draft", state="draft", links=[("https://d.example/", "")]
+        )
+        set_user(conn, "ada", PASSWORD)
+        token = create_api_token(conn)
+    write_segment(
+        ctx.settings.events_dir,
+        "n1-aaaa-000001.log",
+        [
+            ev("open", d, ids["alice"], T0, visitor="va"),
+            ev("click", d, ids["alice"], T0 + 60, url_id=d.links[0], visitor="va", ua=EVIL_UA),
+            ev("open", d, ids["bob"], T0 + 120, visitor="vb"),
+            ev("click", d, ids["bob"], T0 + 180, url_id=d.links[1], visitor="vb"),
+            ev("click", d, ids["bob"], T0 + 240, url_id=d.links[1], visitor="vb"),
+        ],
+        sealed=True,
+    )
+    ingest_once(ctx)
+    return Scenario(d.id, draft.id, token, d.links)
+
+
+def sign_in(client: TestClient, name: str = "ada", password: str = PASSWORD) -> str:
+    """Sign in through the form; returns the session's CSRF token."""
+    form = client.get("/signin")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    done = client.post(
+        "/signin",
+        data={"csrf": csrf.group(1), "username": name, "password": password},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    page = client.get("/deliveries")
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+@pytest.fixture
+def scenario(ctx: Context) -> Scenario:
+    return build_scenario(ctx)
+
+
+@pytest.fixture
+def client(ctx: Context) -> TestClient:
+    return TestClient(create_app(ctx), base_url="http://testserver")
+
+
+API_PATHS = [
+    "/api/deliveries",
+    "/api/deliveries/{id}",
+    "/api/deliveries/{id}/tracking",
+    "/api/deliveries/{id}/reports/indicators",
+    "/api/deliveries/{id}/indicators",
+    "/api/recipients/alice@example.com",
+    "/api/recipients/alice@example.com/tracking",
+]
+PAGES = [
+    "/deliveries",
+    "/deliveries/{id}",
+    "/deliveries/{id}/tracking",
+    "/deliveries/{id}/reports/indicators",
+    "/recipients/alice@example.com",
+]
+
+
+def test_everything_private_is_refused_without_a_token_or_session(
+    client: TestClient, scenario: Scenario
+) -> None:
+    for path in API_PATHS:
+        url = path.format(id=scenario.delivery_id)
+        assert client.get(url).status_code == 401, url
+        assert client.get(url, headers={"Authorization": "Bearer mt_forged"}).status_code == 401
+        ok = client.get(url, headers={"Authorization": f"Bearer {scenario.token}"})
+        assert ok.status_code == 200, (url, ok.text)
+    for path in PAGES:
+        url = path.format(id=scenario.delivery_id)
+        answer = client.get(url, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/signin", url
+    # A forged or tampered session cookie is no session.
+    client.cookies.set("msgtrack_session", "eyJ4IjoxfQ.forged")
+    assert client.get("/api/deliveries").status_code == 401
+    assert client.get("/api/openapi.json").status_code == 200
+
+
+def test_sign_in_sets_a_safe_cookie_and_opens_api_and_pages(
+    client: TestClient, scenario: Scenario
+) -> None:
+    form = client.get("/signin")
+    assert 'name="username"' in form.text and 'name="password"' in form.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    wrong = client.post(
+        "/signin",
+        data={"csrf": csrf.group(1), "username": "ada", "password": "nope nope"},
+        follow_redirects=False,
+    )
+    assert wrong.status_code == 303 and "error=1" in wrong.headers["location"]
+    assert "msgtrack_session" not in client.cookies
+    done = client.post(
+        "/signin",
+        data={"csrf": csrf.group(1), "username": "ada", "password": PASSWORD},
+        follow_redirects=False,
+    )
+    cookie = done.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert "secure" not in cookie  # http here; set on https tracking URLs
+    for path in PAGES:
+        page = client.get(path.format(id=scenario.delivery_id))
+        assert page.status_code == 200, path
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert client.get(f"/api/deliveries/{scenario.delivery_id}").status_code == 200
+
+
+def test_sign_in_without_its_csrf_cookie_is_refused(client: TestClient, scenario: Scenario) -> None:
+    answer = client.post("/signin", data={"csrf": "x", "username": "ada", "password": PASSWORD})
+    assert answer.status_code == 403
+    assert "msgtrack_session" not in client.cookies
+
+
+def test_forms_need_the_session_csrf_token(
+    client: TestClient, scenario: Scenario, ctx: Context
+) -> None:
+    csrf = sign_in(client)
+    draft = client.get(f"/api/deliveries/{scenario.draft_id}").json()
+    link = next(u for u in draft["urls"] if u["type"] == "click")
+    target = f"/deliveries/{scenario.draft_id}/urls/{link['id']}"
+    assert client.post(target, data={"label": "Hacked"}).status_code == 403
+    assert client.post(target, data={"label": "Hacked", "csrf": "wrong"}).status_code == 403
+    assert client.post("/signout", data={}).status_code == 403
+    ok = client.post(target, data={"label": "Home <page>", "csrf": csrf}, follow_redirects=False)
+    assert ok.status_code == 303
+    ok = client.post(target, data={"tracked": "off", "csrf": csrf}, follow_redirects=False)
+    assert ok.status_code == 303
+    after = client.get(f"/api/deliveries/{scenario.draft_id}").json()
+    changed = next(u for u in after["urls"] if u["id"] == link["id"])
+    assert changed["label"] == "Home <page>" and changed["tracked"] is False
+    # Once sent, links cannot change.
+    sent = client.get(f"/api/deliveries/{scenario.delivery_id}").json()
+    sent_link = next(u for u in sent["urls"] if u["type"] == "click")
+    refused = client.post(
+        f"/deliveries/{scenario.delivery_id}/urls/{sent_link['id']}",
+        data={"label": "late", "csrf": csrf},
+    )
+    assert refused.status_code == 409
+    out = client.post("/signout", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303
+    assert client.get("/api/deliveries").status_code == 401
+
+
+def test_api_answers_match_the_scenario(client: TestClient, scenario: Scenario) -> None:
+    api = {"Authorization": f"Bearer {scenario.token}"}
+    did = scenario.delivery_id
+    listed = client.get("/api/deliveries", params={"q": "SPRING"}, headers=api).json()
+    assert [d["id"] for d in listed] == [did]
+    assert listed[0]["success"] == 2 and listed[0]["errors"] == 1
+    by_name = client.get("/api/deliveries", params={"sort": "name", "order": "asc"}, headers=api)
+    assert [d["name"] for d in by_name.json()] == ["Spring <i>news</i>", "Summer draft"]
+    dash = client.get(f"/api/deliveries/{did}", headers=api).json()
+    assert dash["state"] == "sent" and dash["status_counts"] == {"failed": 1, "sent": 2}
+    assert dash["errors"] == [
+        {
+            "failure_code": "user_unknown",
+            "failure_type": "hard",
+            "failure_reason": "550 5.1.1 <carol@x.net> unknown",
+            "messages": 1,
+        }
+    ]
+    failed = client.get(f"/api/deliveries/{did}", params={"status": "failed"}, headers=api).json()
+    assert [m["email"] for m in failed["messages"]] == ["carol@x.net"]
+    first = client.get(f"/api/deliveries/{did}", params={"limit": 2}, headers=api).json()
+    rest = client.get(
+        f"/api/deliveries/{did}", params={"limit": 2, "after": first["next_after"]}, headers=api
+    ).json()
+    assert len(first["messages"]) == 2 and len(rest["messages"]) == 1
+    assert rest["next_after"] is None
+    # Tracking: newest first, type filter, keyset pages that add up to the whole.
+    events = client.get(f"/api/deliveries/{did}/tracking", headers=api).json()["events"]
+    assert [e["type"] for e in events] == ["click", "click", "open", "click", "open"]
+    assert events[-2]["user_agent"] == EVIL_UA and events[-2]["url"] == EVIL_URL
+    clicks = client.get(f"/api/deliveries/{did}/tracking?type=click", headers=api).json()
+    assert len(clicks["events"]) == 3
+    seen, cursor = [], None
+    while True:
+        params: dict[str, str | int] = {"limit": 2}
+        if cursor:
+            params["before"] = cursor
+        page = client.get(f"/api/deliveries/{did}/tracking", params=params, headers=api).json()
+        seen += [e["id"] for e in page["events"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [e["id"] for e in events]
+    bad = client.get(f"/api/deliveries/{did}/tracking?before=nonsense", headers=api)
+    assert bad.status_code == 400
+    report = client.get(f"/api/deliveries/{did}/reports/indicators", headers=api).json()
+    assert report == client.get(f"/api/deliveries/{did}/indicators", headers=api).json()
+    assert report["total_clicks"] == 3 and report["recipient_opens"] == 2
+    alice = client.get("/api/recipients/ALICE@example.com", headers=api).json()
+    assert alice["email"] == "alice@example.com"
+    assert [c["url"] for c in alice["clicks"]] == [EVIL_URL]
+    assert client.get("/api/recipients/nobody@example.com", headers=api).status_code == 404
+    assert client.get("/api/deliveries/999999", headers=api).status_code == 404
+
+
+def test_csv_exports_stream_what_the_json_says(client: TestClient, scenario: Scenario) -> None:
+    api = {"Authorization": f"Bearer {scenario.token}"}
+    did = scenario.delivery_id
+    got = client.get(f"/api/deliveries/{did}/tracking?format=csv", headers=api)
+    assert got.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(got.text)))
+    events = client.get(f"/api/deliveries/{did}/tracking", headers=api).json()["events"]
+    assert [int(r["id"]) for r in rows] == [e["id"] for e in events]
+    assert rows[-2]["user_agent"] == EVIL_UA
+    domains = list(
+        csv.DictReader(
+            io.StringIO(
+                client.get(f"/api/deliveries/{did}/reports/indicators?format=csv", headers=api).text
+            )
+        )
+    )
+    assert {r["domain"]: int(r["sent"]) for r in domains} == {"example.com": 1, "example.org": 1}
+    messages_csv = client.get(f"/api/deliveries/{did}?format=csv", headers=api).text
+    assert len(list(csv.DictReader(io.StringIO(messages_csv)))) == 3
+    listed = client.get("/api/deliveries?format=csv", headers=api).text
+    assert len(list(csv.DictReader(io.StringIO(listed)))) == 2
+    clicks = client.get("/api/recipients/bob@example.org?format=csv", headers=api).text
+    assert len(list(csv.DictReader(io.StringIO(clicks)))) == 2
+
+
+def test_what_visitors_send_renders_as_text(client: TestClient, scenario: Scenario) -> None:
+    sign_in(client)
+    did = scenario.delivery_id
+    pages = [
+        client.get(path.format(id=did)).text
+        for path in [
+            "/deliveries/{id}",
+            "/deliveries/{id}/tracking",
+            "/recipients/alice@example.com",
+        ]
+    ]
+    joined = "\n".join(pages)
+    assert "<script>alert" not in joined and "<b>Shop</b>" not in joined
+    assert "&lt;script&gt;alert(&#39;ua&#39;)&lt;/script&gt;" in pages[1]
+    assert "&lt;b&gt;Shop&lt;/b&gt;" in pages[1]
+    assert "Spring &lt;i&gt;news&lt;/i&gt;" in pages[0]
+
+
+def test_over_https_the_session_cookie_is_secure(ctx: Context, scenario: Scenario) -> None:
+    client = TestClient(create_app(ctx), base_url="https://testserver")
+    form = client.get("/signin")
+    assert "secure" in form.headers["set-cookie"].lower()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    done = client.post(
+        "/signin",
+        data={"csrf": csrf.group(1), "username": "ada", "password": PASSWORD},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    assert "secure" in done.headers["set-cookie"].lower()
+
+
+def test_a_sending_delivery_dashboard_refreshes_itself(
+    client: TestClient, scenario: Scenario, ctx: Context
+) -> None:
+    from msgtrack.storage.schema import deliveries
+
+    sign_in(client)
+    page = client.get(f"/deliveries/{scenario.delivery_id}").text
+    assert 'http-equiv="refresh"' not in page and "3 of 3 processed" in page
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == scenario.delivery_id)
+            .values(state="sending")
+        )
+    page = client.get(f"/deliveries/{scenario.delivery_id}").text
+    assert '<meta http-equiv="refresh" content="5">' in page
