@@ -587,28 +587,32 @@ if __name__ == "__main__":  # pragma: no cover
 @click.option("--json", "as_json", is_flag=True)
 def deliveries_messages(delivery_id: int, as_json: bool) -> None:
     """A delivery's messages: address, status and, on failure, its reason and type."""
+    from msgtrack.reports.deliveries import iter_messages
     from msgtrack.storage.deliveries import get_delivery
-    from msgtrack.storage.messages import delivery_messages
 
     ctx = _context()
     with ctx.reader.connect() as conn:
         if get_delivery(conn, delivery_id) is None:
             _fail(f"no delivery {delivery_id}")
-        rows = [
-            {
-                "id": int(r["id"]),
-                "email": r["email"],
-                "status": r["status"],
-                "failure_reason": r["failure_code"],
-                "failure_type": r["failure_type"],
-                "failure_text": r["failure_reason"],
-                "attempts": int(r["attempts"]),
-                "sent_at": r["sent_at"].isoformat() if r["sent_at"] else None,
-            }
-            for r in delivery_messages(conn, delivery_id)
-        ]
+    # Streamed page by page (keyset): constant memory for a million messages.
+    rows = (
+        {
+            "id": int(r["id"]),
+            "email": r["email"],
+            "status": r["status"],
+            "failure_reason": r["failure_code"],
+            "failure_type": r["failure_type"],
+            "failure_text": r["failure_reason"],
+            "attempts": int(r["attempts"]),
+            "sent_at": r["sent_at"],
+        }
+        for r in iter_messages(ctx.reader, delivery_id, None)
+    )
     if as_json:
-        _print_json(rows)
+        click.echo("[", nl=False)
+        for i, row in enumerate(rows):
+            click.echo(("," if i else "") + "\n  " + json.dumps(row, ensure_ascii=False), nl=False)
+        click.echo("\n]")
         return
     for r in rows:
         failure = f"{r['failure_type']}/{r['failure_reason']}" if r["failure_type"] else ""

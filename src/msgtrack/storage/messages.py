@@ -361,23 +361,3 @@ def message_counts(conn: Connection, delivery_id: int) -> MessageCounts:
         elif status in ("in_flight", "sent", "unknown"):
             counts[status] += n
     return MessageCounts(**counts, next_attempt_at=next_at)
-
-
-def delivery_messages(conn: Connection, delivery_id: int) -> list[Mapping[str, Any]]:
-    """Every message of a delivery, in id order, with its failure if any."""
-    m = messages
-    rows = conn.execute(
-        select(
-            m.c.id,
-            m.c.email,
-            m.c.status,
-            m.c.failure_type,
-            m.c.failure_code,
-            m.c.failure_reason,
-            m.c.attempts,
-            m.c.sent_at,
-        )
-        .where(m.c.delivery_id == delivery_id)
-        .order_by(m.c.id)
-    )
-    return cast(list[Mapping[str, Any]], list(rows.mappings()))
