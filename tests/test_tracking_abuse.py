@@ -40,24 +40,9 @@ from tests.test_tracking_crash import (
     tracking_server,
 )
 from tests.test_tracking_faults import server
+from tests.test_tracking_server import raw_http
 
 DESTINATION = "https://shop.example/item/"
-
-
-def raw_http(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send bytes, read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def statuses(answer: bytes) -> list[int]:
