@@ -44,6 +44,7 @@ from pathlib import Path
 import httpx
 
 from msgtrack.config import load_settings
+from msgtrack.links.addresses import SESSION_COOKIE, VISITOR_COOKIE
 from msgtrack.links.sign import KeyRing, LinkToken
 from msgtrack.tracking import snapshot
 
@@ -56,6 +57,7 @@ USER_AGENT = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 )
+VISITOR_ID = "Q2xpY2tpbmdWaXNpdG9yMD"  # a returning visitor's cookie (22 characters)
 HALF_LOAD_DELAY_MS = 4  # per-connection pause used to run at about half the measured rate
 SOAK_CONNECTIONS, SOAK_DELAY_MS = 16, 2
 
@@ -115,16 +117,20 @@ def wrk(
     headers: tuple[str, ...] = (),
     cpu: str | None = "1",
     delay_ms: int | None = None,
+    script: Path | None = None,
 ) -> Result:
+    """One wrk run; ``script`` (a Lua file, e.g. ``rotating_script``) makes the requests."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
     for header in headers:
         command += ["-H", header]
-    script = None
-    if delay_ms is not None:
-        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(f"function delay()\n  return {delay_ms}\nend\n")
-        script.close()
-        command += ["-s", script.name]
+    delay_script = None
+    if delay_ms is not None and script is None:
+        delay_script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        delay_script.write(f"function delay()\n  return {delay_ms}\nend\n")
+        delay_script.close()
+        script = Path(delay_script.name)
+    if script is not None:
+        command += ["-s", str(script)]
     command.append(url)
     if cpu is not None:
         command = ["taskset", "-c", cpu, *command]
@@ -133,8 +139,8 @@ def wrk(
             command, capture_output=True, text=True, timeout=duration + 60, check=True
         ).stdout
     finally:
-        if script is not None:
-            os.unlink(script.name)
+        if delay_script is not None:
+            os.unlink(delay_script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = []
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
@@ -155,8 +161,21 @@ def _percentile(out: str, pct: str) -> float:
 # -- msgtrack ----------------------------------------------------------------------------------
 
 
-def make_home(tmp: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """A home with keys and one published delivery; returns (env, paths by request)."""
+TOKENS = 10_000  # distinct messages the load rotates through
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One message's requests: its click and open paths and its session cookie."""
+
+    click: str
+    open: str
+    session: str
+
+
+def make_home(tmp: Path, tokens: int = TOKENS) -> tuple[dict[str, str], list[Visit]]:
+    """A home with keys and one published delivery; returns (env, one Visit per message,
+    ``tokens`` distinct messages)."""
     home = tmp / "home"
     settings = load_settings(home)
     keyring = KeyRing.generate()
@@ -175,12 +194,43 @@ def make_home(tmp: Path) -> tuple[dict[str, str], dict[str, str]]:
         MSGTRACK_DB=f"sqlite:///{tmp / 'unused.db'}",
         PYTHONPATH=str(ROOT / "src"),
     )
-    paths = {
-        "click": "/c/" + keyring.sign_link(LinkToken(DELIVERY, MESSAGE, CLICK)),
-        "open": "/o/" + keyring.sign_link(LinkToken(DELIVERY, MESSAGE, OPEN)),
-        "session": keyring.sign_session(DELIVERY, MESSAGE),
-    }
-    return env, paths
+    visits = [
+        Visit(
+            "/c/" + keyring.sign_link(LinkToken(DELIVERY, message, CLICK)),
+            "/o/" + keyring.sign_link(LinkToken(DELIVERY, message, OPEN)),
+            keyring.sign_session(DELIVERY, message),
+        )
+        for message in range(MESSAGE, MESSAGE + tokens)
+    ]
+    return env, visits
+
+
+def rotating_script(
+    path: Path, port: int, visits: list[Visit], kind: str, delay_ms: int | None = None
+) -> Path:
+    """A wrk Lua script whose ``request()`` cycles through one precomputed request per
+    message (``kind``: returning, first or open), so every request carries a different
+    token (and session cookie) as real traffic does."""
+    lines = ["local requests = {"]
+    for visit in visits:
+        target = visit.open if kind == "open" else visit.click
+        head = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"User-Agent: {USER_AGENT}"]
+        if kind == "returning":
+            head.append(f"Cookie: {VISITOR_COOKIE}={VISITOR_ID}; {SESSION_COOKIE}={visit.session}")
+        crlf = "\\r\\n"  # Lua's escape, in the script's text
+        lines.append(f'  "{crlf.join(head)}{crlf}{crlf}",')
+    lines += [
+        "}",
+        "local n, i = #requests, 0",
+        "function request()",
+        "  i = i % n + 1",
+        "  return requests[i]",
+        "end",
+    ]
+    if delay_ms is not None:
+        lines += ["function delay()", f"  return {delay_ms}", "end"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def msgtrack_command(port: int, workers: int) -> list[str]:
@@ -191,31 +241,31 @@ def msgtrack_command(port: int, workers: int) -> list[str]:
 
 
 def bench_msgtrack(tmp: Path, duration: int, connections: int) -> list[Result]:
-    env, paths = make_home(tmp)
-    returning = (
-        f"User-Agent: {USER_AGENT}",
-        f"Cookie: mt_v=Q2xpY2tpbmdWaXNpdG9yMD; mt_s={paths['session']}",
-    )
-    first = (f"User-Agent: {USER_AGENT}",)
+    env, visits = make_home(tmp)
     results = []
     for workers in (1, 2):
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         cpu = "1" if workers == 1 else None
         label = "1 core" if workers == 1 else f"{workers} workers, unpinned"
+
+        def script(kind: str, delay_ms: int | None = None, port: int = port) -> Path:
+            path = tmp / f"{kind}-{port}-{delay_ms}.lua"
+            return rotating_script(path, port, visits, kind, delay_ms)
+
         with started(msgtrack_command(port, workers), f"{base}/health", env):
             run = {"duration": duration, "connections": connections, "cpu": cpu}
-            click = base + paths["click"]
             returning_result = wrk(
-                f"msgtrack click, returning visitor ({label})", click, headers=returning, **run
+                f"msgtrack click, returning visitor ({label})",
+                base,
+                script=script("returning"),
+                **run,
             )
             results.append(returning_result)
             results.append(
-                wrk(f"msgtrack click, first visit ({label})", click, headers=first, **run)
+                wrk(f"msgtrack click, first visit ({label})", base, script=script("first"), **run)
             )
-            results.append(
-                wrk(f"msgtrack open ({label})", base + paths["open"], headers=first, **run)
-            )
+            results.append(wrk(f"msgtrack open ({label})", base, script=script("open"), **run))
             if workers == 1:
                 # about half the rate just measured: connections x (1 / delay)
                 half = returning_result.rps / 2
@@ -223,31 +273,27 @@ def bench_msgtrack(tmp: Path, duration: int, connections: int) -> list[Result]:
                 results.append(
                     wrk(
                         "msgtrack click, returning visitor, ~half load (1 core)",
-                        click,
-                        headers=returning,
+                        base,
+                        script=script("returning", HALF_LOAD_DELAY_MS),
                         duration=duration,
                         connections=conns,
                         cpu="1",
-                        delay_ms=HALF_LOAD_DELAY_MS,
                     )
                 )
     return results
 
 
 def soak(tmp: Path, seconds: int) -> str:
-    env, paths = make_home(tmp / "soak")
+    env, visits = make_home(tmp / "soak")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     samples: list[int] = []
     with started(msgtrack_command(port, 1), f"{base}/health", env) as pid:
-        script = tmp / "soak-pace.lua"  # paced (~8k/s), not flat out: a shared machine
-        script.write_text(f"function delay()\n  return {SOAK_DELAY_MS}\nend\n")
+        # paced (~8k/s), not flat out: a shared machine
+        script = rotating_script(tmp / "soak.lua", port, visits, "returning", SOAK_DELAY_MS)
         command = [
             "taskset", "-c", "1", "wrk", "-t1", f"-c{SOAK_CONNECTIONS}", f"-d{seconds}s",
-            "-s", str(script),
-            "-H", f"User-Agent: {USER_AGENT}",
-            "-H", f"Cookie: mt_v=Q2xpY2tpbmdWaXNpdG9yMD; mt_s={paths['session']}",
-            base + paths["click"],
+            "-s", str(script), base,
         ]  # fmt: skip
         load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         while load.poll() is None:

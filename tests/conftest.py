@@ -21,6 +21,9 @@ from msgtrack.context import Context
 from msgtrack.links.sign import KeyRing
 from msgtrack.storage.db import make_engine, migrate
 
+# The browser tests' fixtures (Chromium, a served site, pages), for every browser test file.
+pytest_plugins = ["browser_fixtures"]
+
 PG_ADMIN_URL = os.environ.get("MSGTRACK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
 

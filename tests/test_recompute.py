@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, select, update
 
 from factories import (
     T0,
@@ -32,6 +32,7 @@ from msgtrack.storage.schema import (
     delivery_persons,
     domain_aliases,
     domain_stats,
+    event_buckets,
     messages,
 )
 from msgtrack.tracking.events import Event
@@ -108,6 +109,41 @@ def ingest_in_pieces(ctx: Context, rng: random.Random, events: list[Event]) -> N
     ingest_once(ctx, batch_size=13)
 
 
+def buckets_snapshot(ctx: Context) -> list[tuple[object, ...]]:
+    """The non-zero time buckets (a first that moved earlier leaves a zero row behind)."""
+    b = event_buckets
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(b).where(b.c.events != 0).order_by(*b.primary_key.columns))
+        return [tuple(r) for r in rows]
+
+
+def firsts_from_rows(ctx: Context) -> dict[tuple[int, str], int]:
+    """Firsts per (delivery, metric) as messages and persons say: what the first buckets
+    must add up to."""
+    out: dict[tuple[int, str], int] = {}
+    with ctx.engine.connect() as conn:
+        for d, first_event, first_click in conn.execute(
+            select(messages.c.delivery_id, messages.c.first_event_at, messages.c.first_click_at)
+        ):
+            out[(d, "recipient_open")] = out.get((d, "recipient_open"), 0) + (
+                first_event is not None
+            )
+            out[(d, "recipient_click")] = out.get((d, "recipient_click"), 0) + (
+                first_click is not None
+            )
+        for d, _, _ in conn.execute(select(delivery_persons)):
+            out[(d, "person_click")] = out.get((d, "person_click"), 0) + 1
+    return {k: v for k, v in out.items() if v}
+
+
+def firsts_from_buckets(ctx: Context) -> dict[tuple[int, str], int]:
+    out: dict[tuple[int, str], int] = {}
+    for d, metric, _, _, events, _, _ in buckets_snapshot(ctx):
+        if metric in ("recipient_open", "recipient_click", "person_click"):
+            out[(d, metric)] = out.get((d, metric), 0) + events
+    return {k: v for k, v in out.items() if v}
+
+
 def scramble(ctx: Context, rng: random.Random) -> None:
     """Wrong counters everywhere, as a bug or a hand edit could leave them."""
     with ctx.engine.begin() as conn:
@@ -123,6 +159,7 @@ def scramble(ctx: Context, rng: random.Random) -> None:
         conn.execute(update(messages).values(first_event_at=None, open_count=5, click_count=1))
         conn.execute(update(domain_stats).values(opens=3, sent=1))
         conn.execute(delete(delivery_persons))
+        conn.execute(update(event_buckets).values(events=event_buckets.c.events + 1))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -131,15 +168,20 @@ def test_rebuilt_equals_incremental(ctx: Context, seed: int) -> None:
     deliveries, events = build(ctx, rng)
     ingest_in_pieces(ctx, rng, events)
     incremental = counters_snapshot(ctx.engine)
+    buckets = buckets_snapshot(ctx)
     reports = {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries}
     assert sum(r["total_clicks"] for r in reports.values() if r) > 0
+    assert firsts_from_buckets(ctx) == firsts_from_rows(ctx)
+    assert all(r[4] > 0 for r in buckets)  # no first counted negative anywhere
 
     recompute(ctx)
     assert counters_snapshot(ctx.engine) == incremental
+    assert buckets_snapshot(ctx) == buckets
 
     scramble(ctx, rng)
     recompute(ctx)
     assert counters_snapshot(ctx.engine) == incremental
+    assert buckets_snapshot(ctx) == buckets
     assert {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries} == reports
 
 

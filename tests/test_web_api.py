@@ -254,6 +254,12 @@ def test_api_answers_match_the_scenario(client: TestClient, scenario: Scenario) 
     bad = client.get(f"/api/deliveries/{did}/tracking?before=nonsense", headers=api)
     assert bad.status_code == 400
     report = client.get(f"/api/deliveries/{did}/reports/indicators", headers=api).json()
+    assert report.pop("scope") == {
+        "delivery_id": did,
+        "since": None,
+        "until": None,
+        "timezone": "UTC",
+    }
     assert report == client.get(f"/api/deliveries/{did}/indicators", headers=api).json()
     assert report["total_clicks"] == 3 and report["recipient_opens"] == 2
     alice = client.get("/api/recipients/ALICE@example.com", headers=api).json()
@@ -261,6 +267,36 @@ def test_api_answers_match_the_scenario(client: TestClient, scenario: Scenario) 
     assert [c["url"] for c in alice["clicks"]] == [EVIL_URL]
     assert client.get("/api/recipients/nobody@example.com", headers=api).status_code == 404
     assert client.get("/api/deliveries/999999", headers=api).status_code == 404
+
+
+def test_global_reports_pool_the_deliveries_started_in_the_range(
+    client: TestClient, scenario: Scenario
+) -> None:
+    api = {"Authorization": f"Bearer {scenario.token}"}
+    one = client.get(f"/api/deliveries/{scenario.delivery_id}/reports/indicators", headers=api)
+    # The scenario's deliveries were created today: the default range (30 days) has them.
+    pooled = client.get("/api/reports/indicators", headers=api).json()
+    assert pooled["deliveries"] == 2  # the sent one and the draft
+    for key in ("success", "errors", "total_clicks", "recipient_opens", "raw_reactivity"):
+        assert pooled[key] == one.json()[key]
+    assert pooled["domains"] == one.json()["domains"]
+    old = client.get(
+        "/api/reports/indicators",
+        params={"since": "2001-01-01", "until": "2001-12-31"},
+        headers=api,
+    ).json()
+    assert old["deliveries"] == 0 and old["total_clicks"] == 0 and old["domains"] == []
+    assert old["scope"]["since"] == "2001-01-01T00:00:00+00:00"
+    assert old["scope"]["until"] == "2002-01-01T00:00:00+00:00"
+    backwards = {"since": "2002-01-01", "until": "2001-01-01"}
+    assert client.get("/api/reports/indicators", params=backwards, headers=api).status_code == 400
+    assert client.get("/api/reports/nonsense", headers=api).status_code == 422
+    assert (
+        client.get("/api/reports/indicators?table=nope&format=csv", headers=api).status_code == 400
+    )
+    assert client.get("/api/reports/indicators").status_code == 401
+    page = client.get("/reports/indicators", follow_redirects=False)
+    assert page.status_code == 303  # to the sign-in page
 
 
 def test_csv_exports_stream_what_the_json_says(client: TestClient, scenario: Scenario) -> None:

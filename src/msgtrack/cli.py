@@ -215,6 +215,12 @@ def deliveries() -> None:
     metavar="GLOB QUERY",
     help="Append QUERY to the tracked links matching GLOB (repeatable).",
 )
+@click.option(
+    "--validity",
+    metavar="DURATION",
+    help="Retry soft failures for this long after the send starts, e.g. 3d, 12h "
+    "(default MSGTRACK_DELIVERY_VALIDITY, 5d).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def deliveries_create(
     name: str,
@@ -225,9 +231,11 @@ def deliveries_create(
     exclude: tuple[str, ...],
     append_params: tuple[str, ...],
     append_params_to: tuple[tuple[str, str], ...],
+    validity: str | None,
     as_json: bool,
 ) -> None:
     """Create a delivery from an HTML and/or text content; prints its id."""
+    from msgtrack.config import parse_duration
     from msgtrack.delivery.create import DeliveryError, create_delivery
     from msgtrack.links.params import ParamRule, ParamRuleError
 
@@ -238,6 +246,10 @@ def deliveries_create(
         rules += [ParamRule(glob, q) for glob, q in append_params_to]
     except ParamRuleError as exc:
         _fail(str(exc))
+    try:
+        validity_seconds = parse_duration(validity) if validity else None
+    except ValueError as exc:
+        _fail(f"--validity: {exc}")
     ctx = _context()
     try:
         delivery_id = create_delivery(
@@ -249,6 +261,7 @@ def deliveries_create(
             from_addr=from_addr,
             exclude=exclude,
             param_rules=rules,
+            validity=validity_seconds,
         )
     except DeliveryError as exc:
         _fail(str(exc))
@@ -637,9 +650,9 @@ def bounces_qualify(paths: tuple[Path, ...], as_json: bool) -> None:
     from msgtrack.config import load_settings
     from msgtrack.delivery.bounces.mailbox import is_maildir, maildir_messages
     from msgtrack.delivery.bounces.qualify import qualify_message
-    from msgtrack.delivery.bounces.rules import load_rules
+    from msgtrack.delivery.bounces.rulefile import live_rules
 
-    rules = load_rules(load_settings().bounce_rules)
+    rules = live_rules(load_settings())
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -752,27 +765,9 @@ def bounces_report(delivery_id: int, as_json: bool) -> None:
 def bounces_texts(as_json: bool) -> None:
     """The delivery log qualification list: failure texts with their variable parts
     replaced, grouped, with a count and the first text seen."""
-    from msgtrack.delivery.bounces.rules import normalize_text
-    from msgtrack.storage.bounces import failure_texts
+    from msgtrack.reports.failures import failure_text_groups
 
-    ctx = _context()
-    groups: dict[str, dict[str, Any]] = {}
-    with ctx.reader.connect() as conn:
-        for reason, ftype, status, text in failure_texts(conn):
-            key = normalize_text(text)
-            group = groups.setdefault(
-                key,
-                {
-                    "text": key,
-                    "count": 0,
-                    "first": text,
-                    "reason": reason,
-                    "type": ftype,
-                    "status": status or None,
-                },
-            )
-            group["count"] += 1
-    rows = sorted(groups.values(), key=lambda g: -g["count"])
+    rows = failure_text_groups(_context().reader)
     if as_json:
         _print_json(rows)
         return

@@ -23,6 +23,23 @@ def _int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``3d``, ``12h``, ``90m``, ``30s``, ``1w`` or a bare number of seconds;
+    ValueError otherwise (or when not positive)."""
+    value = text.strip().lower()
+    unit = DURATION_UNITS.get(value[-1:]) if value else None
+    try:
+        seconds = float(value[:-1]) * unit if unit else float(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (e.g. 3d, 12h, 90m, 3600)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -40,6 +57,8 @@ class Settings:
     # Sending.
     send_lease_seconds: float = 30.0
     retry_delays: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0)
+    # Soft failures are retried until a delivery's send start + its validity period.
+    delivery_validity: float = 5 * 86400.0
     max_message_bytes: int = 10 * 1024 * 1024
     max_render_seconds: float = 2.0
     ingest_interval: float = 3.0
@@ -111,6 +130,7 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         retry_delays=tuple(float(x) for x in retry.split(","))
         if retry
         else (60.0, 300.0, 900.0, 3600.0),
+        delivery_validity=parse_duration(os.environ.get("MSGTRACK_DELIVERY_VALIDITY") or "5d"),
         max_message_bytes=_int("MSGTRACK_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
         max_render_seconds=_float("MSGTRACK_MAX_RENDER_SECONDS", 2.0),
         ingest_interval=_float("MSGTRACK_INGEST_INTERVAL", 3.0),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from msgtrack.storage import deliveries as store
+from msgtrack.storage import send_stats
 from msgtrack.storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def prepare_delivery(ctx: Context, delivery_id: int) -> AnalysisResult:
             counts["to_deliver"] = to_deliver
             text_only = store.count_text_only(conn, delivery_id)
             store.record_analysis(conn, delivery_id, counts, text_only)
+            send_stats.record_processed(conn, delivery_id)
     with ctx.engine.connect() as conn:
         row = store.get_delivery(conn, delivery_id)
         assert row is not None

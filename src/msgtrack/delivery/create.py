@@ -54,11 +54,14 @@ def create_delivery(
     from_addr: str | None = None,
     exclude: Sequence[str] = (),
     param_rules: Sequence[ParamRule] = (),
+    validity: float | None = None,
 ) -> int:
     """Store a draft delivery with its rewritten content and tracked URLs; its id.
 
     ``exclude``: shell-style URL patterns not to track, besides ``settings.exclude_urls``.
     ``param_rules``: parameters (UTM…) appended to the destinations they match.
+    ``validity``: seconds after the send starts during which soft failures are retried
+    (default ``settings.delivery_validity``).
     Raises ``DeliveryError``.
     """
     settings = ctx.settings
@@ -66,6 +69,9 @@ def create_delivery(
         raise DeliveryError("a delivery needs an HTML part, a text part, or both")
     if not name.strip():
         raise DeliveryError("a delivery needs a name")
+    validity_seconds = round(settings.delivery_validity if validity is None else validity)
+    if validity_seconds < 1:
+        raise DeliveryError("the validity period must be at least one second")
     sender = from_addr or settings.default_from
     try:
         header("From", sender)
@@ -117,6 +123,7 @@ def create_delivery(
                 "text_template": content.text_template,
                 "state": "draft",
                 "created_at": utcnow(),
+                "validity_seconds": validity_seconds,
             },
         )
         store.insert_tracked_urls(conn, delivery_id, urls)

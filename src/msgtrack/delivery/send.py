@@ -18,6 +18,13 @@ Soft failures (4xx) go back to pending with ``next_attempt_at`` from
 ``settings.retry_delays``; after the last delay they fail. A run sends what is due
 when it starts; when retries are scheduled later the delivery stays 'sending' with
 no owner, and the next run sends them.
+
+The validity period (``deliveries.validity_seconds``, from ``settings.delivery_validity``
+or ``deliveries create --validity``) bounds the retries: a retry is scheduled only when
+it falls before the delivery's first send start + its validity; a soft failure whose
+retry would fall later fails for good at once, and a run that starts after that instant
+first gives up every soft failure still waiting (final ``failed``, type soft, its reply
+kept, counted as an error and a soft bounce).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from sqlalchemy.engine import Connection
 from msgtrack.context import Context
 from msgtrack.delivery.analyse import prepare_delivery
 from msgtrack.delivery.bounces.qualify import qualify_reply
-from msgtrack.delivery.bounces.rules import load_rules
+from msgtrack.delivery.bounces.rulefile import live_rules
 from msgtrack.delivery.message import return_path
 from msgtrack.delivery.render import MessageRenderer, RenderError
 from msgtrack.delivery.transports import Outgoing, Transport, TransportError, Verdict
@@ -90,11 +97,15 @@ class SendReport:
     sent_now: int = 0  # by this run
     failed_now: int = 0
     deferred_now: int = 0  # soft failures of this run, scheduled for a retry
+    given_up_now: int = 0  # soft failures given up by this run: the validity period is over
     next_attempt_at: datetime | None = None
+    valid_until: datetime | None = None  # soft failures are retried until then
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["next_attempt_at"] = self.next_attempt_at.isoformat() if self.next_attempt_at else None
+        for key in ("next_attempt_at", "valid_until"):
+            value = getattr(self, key)
+            data[key] = value.isoformat() if value else None
         return data
 
 
@@ -134,9 +145,10 @@ class _SendRun:
         self.lease = timedelta(seconds=ctx.settings.send_lease_seconds)
         self.retry_delays = ctx.settings.retry_delays
         self.quarantine_policy = QuarantinePolicy.from_settings(ctx.settings)
-        self.rules = load_rules(ctx.settings.bounce_rules)
+        self.rules = live_rules(ctx.settings)  # re-read when edited in the UI
         self.owned = False
         self.renewed_at = 0.0
+        self.valid_until: datetime | None = None  # set once sending has started
         # The batch under way: its rows and sizes, what was announced for DATA, what has
         # a verdict, and the outcomes not recorded yet.
         self.rows: dict[int, Mapping[str, Any]] = {}
@@ -210,6 +222,7 @@ class _SendRun:
             with self.engine.begin() as conn:
                 self._renew(conn)
                 store.begin_sending(conn, self.delivery_id, self.run_id, utcnow())
+                self.valid_until = self._valid_until(store.send_claim(conn, self.delivery_id))
             self._publish_urls()
             keeper = asyncio.create_task(self._keep_lease())
             try:
@@ -244,9 +257,47 @@ class _SendRun:
             ],
         )
 
+    @staticmethod
+    def _valid_until(row: Mapping[Any, Any] | None) -> datetime | None:
+        if row is None or row["started_at"] is None:
+            return None
+        return row["started_at"] + timedelta(seconds=int(row["validity_seconds"]))
+
+    def _give_up_expired(self, now: datetime) -> None:
+        """Past the validity period: every soft failure waiting for a retry fails for
+        good, with its last reply."""
+        if self.valid_until is None or now < self.valid_until:
+            return
+        after_id = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = store.soft_pending_messages(conn, self.delivery_id, after_id=after_id)
+            if not rows:
+                return
+            after_id = int(rows[-1]["id"])
+            self.unrecorded += [
+                store.Outcome(
+                    message_id=int(r["id"]),
+                    status="failed",
+                    domain=str(r["domain"]),
+                    seed=bool(r["seed"]),
+                    failure_type="soft",
+                    failure_reason=r["failure_reason"],
+                    failure_code=r["failure_code"],
+                    attempts=int(r["attempts"] or 0),
+                    size_bytes=r["size_bytes"],
+                    email=str(r["email"]),
+                    done_at=now,
+                    given_up=True,
+                )
+                for r in rows
+            ]
+            self._record()
+
     async def _send_due(self) -> None:
         # Due when the run starts: a retry scheduled by this run waits for the next one.
         due_by = utcnow()
+        self._give_up_expired(due_by)
         with self.engine.connect() as conn:
             total = store.count_due_messages(conn, self.delivery_id, due_by=due_by)
         if self.progress:
@@ -374,18 +425,23 @@ class _SendRun:
             # Qualified by the bounce rules; the failure reason stays the full reply.
             common["failure_code"] = qualify_reply(verdict.reason or "", self.rules)[0]
         if verdict.status == "sent":
-            return store.Outcome(status="sent", sent_at=now, **common)
+            return store.Outcome(status="sent", sent_at=now, done_at=now, **common)
         if verdict.status == "soft" and attempts <= len(self.retry_delays):
-            delay = timedelta(seconds=self.retry_delays[attempts - 1])
-            return store.Outcome(
-                status="pending",
-                failure_type="soft",
-                failure_reason=verdict.reason,
-                next_attempt_at=now + delay,
-                **common,
-            )
+            retry_at = now + timedelta(seconds=self.retry_delays[attempts - 1])
+            if self.valid_until is None or retry_at <= self.valid_until:
+                return store.Outcome(
+                    status="pending",
+                    failure_type="soft",
+                    failure_reason=verdict.reason,
+                    next_attempt_at=retry_at,
+                    **common,
+                )
         return store.Outcome(
-            status="failed", failure_type=verdict.status, failure_reason=verdict.reason, **common
+            status="failed",
+            failure_type=verdict.status,
+            failure_reason=verdict.reason,
+            done_at=now,
+            **common,
         )
 
     @staticmethod
@@ -399,12 +455,13 @@ class _SendRun:
             failure_reason=str(getattr(error, "reason", None) or error),
             failure_code="ignored",
             attempts=int(row["attempts"] or 0),
+            done_at=utcnow(),
         )
 
     def _count(self, outcomes: Sequence[store.Outcome]) -> None:
         for o in outcomes:
             key = {"sent": "sent_now", "failed": "failed_now", "pending": "deferred_now"}[o.status]
-            self.tally[key] += 1
+            self.tally["given_up_now" if o.given_up else key] += 1
 
     # -- the end ---------------------------------------------------------------------
 
@@ -450,5 +507,7 @@ class _SendRun:
             sent_now=self.tally["sent_now"],
             failed_now=self.tally["failed_now"],
             deferred_now=self.tally["deferred_now"],
+            given_up_now=self.tally["given_up_now"],
             next_attempt_at=counts.next_attempt_at,
+            valid_until=self.valid_until,
         )

@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from msgtrack.ingest.agents import apply_agents
+from msgtrack.storage import buckets as bucket_store
 from msgtrack.storage import tracking as store
 
 # Any of these shows that the message was opened (SPEC §6); web pages never do.
@@ -44,6 +46,8 @@ class CountedEvent:
     at: datetime
     amount: float | None = None
     articles: int | None = None
+    tracked_url_id: int | None = None
+    user_agent: str | None = None
 
 
 def apply_events(
@@ -62,6 +66,7 @@ def apply_events(
             indicators[delivery_id][name] += value
     if not events and not indicators:
         return
+    apply_agents(conn, events)  # browsers, OSes, devices and visitors
 
     if states is None:
         states = store.message_states(
@@ -71,8 +76,10 @@ def apply_events(
     touched: dict[int, list[Any]] = {}
     domains: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
     persons: dict[tuple[int, str], datetime] = {}
+    buckets = _Buckets()
 
     for e in events:
+        buckets.add_event(e)
         counts = indicators[e.delivery_id]
         counter = TYPE_COUNTER.get(e.type)
         if counter:
@@ -108,8 +115,8 @@ def apply_events(
 
     # Persons: a (delivery, visitor) row on the visitor's first click in the delivery.
     known = store.delivery_person_firsts(conn, persons)
-    new_persons = []
-    earlier = []
+    new_persons: list[dict[str, Any]] = []
+    earlier: list[dict[str, Any]] = []
     for (delivery_id, visitor_id), at in sorted(persons.items()):
         if (delivery_id, visitor_id) not in known:
             new_persons.append(
@@ -122,6 +129,16 @@ def apply_events(
             )
     store.add_delivery_persons(conn, new_persons)
     store.move_delivery_person_firsts(conn, earlier)
+    for p in new_persons:
+        buckets.move_first(p["delivery_id"], "person_click", None, p["first_click_at"])
+    for p in earlier:
+        key = (p["delivery_id"], p["visitor_id"])
+        buckets.move_first(p["delivery_id"], "person_click", known[key], p["first_click_at"])
+    for mid, r in touched.items():
+        state = states[mid]
+        buckets.move_first(state.delivery_id, "recipient_open", state.first_event_at, r[0])
+        buckets.move_first(state.delivery_id, "recipient_click", state.first_click_at, r[1])
+    bucket_store.add_to_buckets(conn, buckets.deltas)
 
     store.update_message_aggregates(
         conn,
@@ -141,3 +158,32 @@ def apply_events(
     wanted = {k: (v[0], v[1]) for k, v in domains.items() if v[0] or v[1]}
     store.ensure_domain_rows(conn, wanted)
     store.add_to_domain_stats(conn, wanted)
+
+
+class _Buckets:
+    """A batch's deltas to the 15-minute buckets (``event_buckets``): events per type
+    and tracked URL, and the firsts, where a first that moved earlier leaves its old
+    bucket for its new one (so the result does not depend on the events' order)."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[tuple[int, str, datetime, int], list[float]] = defaultdict(
+            lambda: [0, 0.0, 0]
+        )
+
+    def add_event(self, e: CountedEvent) -> None:
+        row = self.deltas[
+            (e.delivery_id, e.type, bucket_store.bucket_of(e.at), e.tracked_url_id or 0)
+        ]
+        row[0] += 1
+        if e.type == "transaction":
+            row[1] += e.amount or 0.0
+            row[2] += e.articles or 0
+
+    def move_first(
+        self, delivery_id: int, metric: str, old: datetime | None, new: datetime | None
+    ) -> None:
+        if new is None or new == old:
+            return
+        if old is not None:
+            self.deltas[(delivery_id, metric, bucket_store.bucket_of(old), 0)][0] -= 1
+        self.deltas[(delivery_id, metric, bucket_store.bucket_of(new), 0)][0] += 1

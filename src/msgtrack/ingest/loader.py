@@ -329,6 +329,8 @@ class _SegmentLoader:
                         row["at"],
                         row["amount"],
                         row["articles"],
+                        row["tracked_url_id"],
+                        row["user_agent"],
                     )
                 )
         batch.counted.sort(key=lambda e: e.at)

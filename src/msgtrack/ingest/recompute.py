@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from msgtrack.context import Context
 from msgtrack.ingest.aggregate import CountedEvent, apply_events
 from msgtrack.ingest.lock import ingest_lock
+from msgtrack.storage import send_stats
 from msgtrack.storage import tracking as store
 
 # An ingestion pass is short: wait for it rather than fail.
@@ -49,6 +50,7 @@ def rebuild_delivery(conn: Connection, delivery_id: int, batch_size: int = 5000)
     store.lock_indicator_row(conn, delivery_id)
     store.reset_event_aggregates(conn, delivery_id)
     store.set_send_counts(conn, delivery_id, store.send_counts(conn, delivery_id))
+    send_stats.rebuild(conn, delivery_id)
     store.set_unsubscriptions(
         conn, delivery_id, store.unsubscribed_recipient_count(conn, delivery_id)
     )
@@ -61,7 +63,15 @@ def rebuild_delivery(conn: Connection, delivery_id: int, batch_size: int = 5000)
             conn,
             [
                 CountedEvent(
-                    e.delivery_id, e.message_id, e.type, e.visitor_id, e.at, e.amount, e.articles
+                    e.delivery_id,
+                    e.message_id,
+                    e.type,
+                    e.visitor_id,
+                    e.at,
+                    e.amount,
+                    e.articles,
+                    e.tracked_url_id,
+                    e.user_agent,
                 )
                 for e in page
             ],

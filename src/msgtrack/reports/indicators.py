@@ -7,12 +7,14 @@ tracking logs. Integer arithmetic throughout, so rounding is exactly "half up".
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from msgtrack.reports.registry import Report, ReportQuery, Scope
+from msgtrack.storage import reports as reports_store
 from msgtrack.storage import tracking as store
 
 TOP_DOMAINS = 20
@@ -76,13 +78,21 @@ def delivery_indicators(
         counters = store.indicator_counters(conn, delivery_id)
         rows = store.domain_rows(conn, delivery_id)
         aliases = store.domain_alias_map(conn, [r.domain.lower() for r in rows])
-    c = {name: int(counters[name]) for name in STORED}
-    to_deliver = header.to_deliver
-    est_opens = estimate(c["recipient_opens"], to_deliver, c["text_only"])
     out: dict[str, Any] = {
         "delivery_id": header.id,
         "name": header.name,
         "state": header.state,
+        **computed(counters, header.to_deliver),
+        "domains": domain_table(rows, aliases),
+    }
+    return out
+
+
+def computed(counters: Mapping[str, Any], to_deliver: int) -> dict[str, Any]:
+    """The SPEC §6 table from stored counters (one delivery's, or sums over several)."""
+    c = {name: int(counters[name]) for name in STORED}
+    est_opens = estimate(c["recipient_opens"], to_deliver, c["text_only"])
+    return {
         "to_deliver": to_deliver,
         **c,
         "estimated_recipient_opens": est_opens,
@@ -92,9 +102,30 @@ def delivery_indicators(
         "estimated_reactivity": rate(c["recipient_clicks"], est_opens),
         "distinct_click_rate": rate(c["person_clicks"], c["success"]),
         "cumulated_click_rate": rate(c["total_clicks"], c["success"]),
-        "domains": domain_table(rows, aliases),
     }
-    return out
+
+
+def build(conn: Connection, scope: Scope, query: ReportQuery) -> dict[str, Any] | None:
+    """The indicators report: one delivery's, or pooled over the deliveries that started
+    in the scope's date range (sums of counters, ratios of the sums)."""
+    if scope.delivery_id is not None:
+        data = delivery_indicators(conn, scope.delivery_id)
+        if data is None:
+            return None
+    else:
+        totals = reports_store.indicator_totals(conn, scope.since, scope.until)
+        rows = [
+            store.DomainRow(r.domain, int(r.sent), int(r.complaints), int(r.opens), int(r.clicks))
+            for r in reports_store.domain_totals(conn, scope.since, scope.until)
+        ]
+        aliases = store.domain_alias_map(conn, [r.domain.lower() for r in rows])
+        data = {
+            "deliveries": totals["deliveries"],
+            **computed(totals, totals["to_deliver"]),
+            "domains": domain_table(rows, aliases),
+        }
+    data["scope"] = scope.describe()
+    return data
 
 
 def domain_table(rows: list[store.DomainRow], aliases: dict[str, str]) -> list[dict[str, Any]]:
@@ -126,3 +157,38 @@ def domain_table(rows: list[store.DomainRow], aliases: dict[str, str]) -> list[d
         }
         for name, (sent, complaints, opens, clicks) in ordered
     ]
+
+
+# The SPEC §6 table, in its order, with the names people read.
+ROWS = (
+    ("to_deliver", "To deliver"),
+    ("success", "Success"),
+    ("errors", "Errors"),
+    ("text_only", "Text-only messages"),
+    ("recipient_opens", "Recipient opens"),
+    ("estimated_recipient_opens", "Estimated recipient opens"),
+    ("total_opens", "Total opens"),
+    ("estimated_total_opens", "Estimated total opens"),
+    ("recipient_clicks", "Recipient clicks"),
+    ("person_clicks", "Person clicks"),
+    ("forwards", "Forwards"),
+    ("total_clicks", "Total clicks"),
+    ("raw_reactivity", "Raw reactivity (%)"),
+    ("estimated_reactivity", "Estimated reactivity (%)"),
+    ("distinct_click_rate", "Distinct click rate (%)"),
+    ("cumulated_click_rate", "Cumulated click rate (%)"),
+    ("opt_outs", "Opt-outs"),
+    ("unsubscriptions", "Unsubscriptions"),
+    ("mirror_views", "Mirror page views"),
+    ("hard_bounces", "Hard bounces"),
+    ("soft_bounces", "Soft bounces"),
+    ("complaints", "Complaints"),
+    ("new_quarantines", "New quarantines"),
+)
+
+REPORT = Report(
+    name="indicators",
+    title="Indicators",
+    build=build,
+    tables={"domains": ("domain", "sent", "complaints", "opens", "clicks", "raw_reactivity")},
+)

@@ -7,8 +7,9 @@ processor crashed after its commit but before moving the file) finds its key tak
 and changes nothing. Every counter moves in that same transaction.
 
 A bounce moves a message ``sent`` → ``failed`` on a hard error, and the send-time
-counters with it (success −1 unless a seed, errors +1, the domain's sends −1), so a
-recompute from the messages gives the same numbers.
+counters with it (success −1 unless a seed, errors +1, the domain's sends −1, and the
+send-side aggregates by the difference of the message's states), so a recompute from
+the messages gives the same numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from msgtrack.storage import tracking
+from msgtrack.storage import send_stats, tracking
 from msgtrack.storage.schema import bounces, delivery_indicators, domain_stats, messages
 from msgtrack.storage.upsert import add_to_counters
 
@@ -58,6 +59,26 @@ class MessageRef:
     status: str
     seed: bool
     failure_type: str | None
+    failure_code: str | None = None
+    size_bytes: int | None = None
+    done_at: datetime | None = None
+
+    def send_state(self, **changes: Any) -> send_stats.SendState:
+        values = {
+            "status": self.status,
+            "failure_type": self.failure_type,
+            "failure_code": self.failure_code,
+            **changes,
+        }
+        return send_stats.SendState(
+            self.domain,
+            values["status"],
+            values["failure_type"],
+            values["failure_code"],
+            self.seed,
+            self.size_bytes,
+            self.done_at,
+        )
 
 
 def message_ref(conn: Connection, message_id: int) -> MessageRef | None:
@@ -72,6 +93,9 @@ def message_ref(conn: Connection, message_id: int) -> MessageRef | None:
             m.c.status,
             m.c.seed,
             m.c.failure_type,
+            m.c.failure_code,
+            m.c.size_bytes,
+            m.c.done_at,
         ).where(m.c.id == message_id)
     ).first()
     if row is None:
@@ -85,6 +109,9 @@ def message_ref(conn: Connection, message_id: int) -> MessageRef | None:
         str(row.status),
         bool(row.seed),
         row.failure_type,
+        row.failure_code,
+        row.size_bytes,
+        row.done_at,
     )
 
 
@@ -121,6 +148,14 @@ def record_message_failure(
         if msg.failure_type != "hard":
             values["failure_type"] = "soft"
     conn.execute(update(messages).where(messages.c.id == msg.id).values(**values))
+    deltas = send_stats.Deltas()
+    deltas.change(
+        msg.send_state(),
+        msg.send_state(
+            **{k: values[k] for k in ("status", "failure_type", "failure_code") if k in values}
+        ),
+    )
+    deltas.write(conn, msg.delivery_id)
     add_counts(conn, msg.delivery_id, counts)
     return counts
 

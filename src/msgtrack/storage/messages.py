@@ -11,7 +11,8 @@ row so no other run can take it over before that transaction commits.
 
 Counters move in the same transaction as the status change: ``sent`` adds to
 ``delivery_indicators.success`` (seeds excluded) and ``domain_stats.sent``; a final
-``failed`` adds to ``delivery_indicators.errors``.
+``failed`` adds to ``delivery_indicators.errors``; both move the send-side aggregates
+(throughput buckets, per-domain and per-reason counts: see the send_stats store).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, cast
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
-from msgtrack.storage import quarantine
+from msgtrack.storage import quarantine, send_stats
 from msgtrack.storage.quarantine import QuarantinePolicy
 from msgtrack.storage.schema import deliveries, delivery_indicators, domain_stats, messages
 from msgtrack.storage.types import utcnow
@@ -117,6 +118,7 @@ def send_claim(conn: Connection, delivery_id: int) -> RowMapping | None:
                 deliveries.c.started_at,
                 deliveries.c.sent_at,
                 deliveries.c.last_error,
+                deliveries.c.validity_seconds,
             ).where(deliveries.c.id == delivery_id)
         )
         .mappings()
@@ -228,6 +230,21 @@ class Outcome:
     size_bytes: int | None = None
     email: str | None = None  # for the quarantine: success clears, failure counts
     failure_code: str | None = None  # qualified reason of failure_reason
+    done_at: datetime | None = None  # when it got its final status (sent or failed)
+    # A soft failure given up after the validity period: its error was counted toward
+    # the quarantine when it happened, not again.
+    given_up: bool = False
+
+    def send_state(self) -> send_stats.SendState:
+        return send_stats.SendState(
+            self.domain,
+            self.status,
+            self.failure_type,
+            self.failure_code,
+            self.seed,
+            self.size_bytes,
+            self.done_at,
+        )
 
 
 _record = (
@@ -247,6 +264,7 @@ _record = (
         next_attempt_at=bindparam("b_next_attempt_at"),
         sent_at=bindparam("b_sent_at"),
         size_bytes=bindparam("b_size_bytes"),
+        done_at=bindparam("b_done_at"),
     )
 )
 
@@ -278,6 +296,7 @@ def record_outcomes(
                 "b_next_attempt_at": o.next_attempt_at,
                 "b_sent_at": o.sent_at,
                 "b_size_bytes": o.size_bytes,
+                "b_done_at": o.done_at,
             }
             for o in outcomes
         ],
@@ -295,6 +314,11 @@ def record_outcomes(
         add_to_counters(
             conn, domain_stats, {"delivery_id": delivery_id, "domain": domain}, {"sent": sent}
         )
+    # A pending or in-flight message counts nothing yet: only the new state adds.
+    deltas = send_stats.Deltas()
+    for o in outcomes:
+        deltas.add(o.send_state())
+    deltas.write(conn, delivery_id)
     _quarantine(conn, delivery_id, outcomes, policy or QuarantinePolicy())
 
 
@@ -314,12 +338,43 @@ def _quarantine(
         if o.status == "failed" and o.failure_type in ("hard", "soft"):
             counts[f"{o.failure_type}_bounces"] += 1
         failure_type = o.failure_type or "hard"
+        if o.given_up:
+            continue
         if quarantine.record_failure(
             conn, o.email, o.failure_code, failure_type, now, policy, message_id=o.message_id
         ):
             counts["new_quarantines"] += 1
     if counts:
         add_to_counters(conn, delivery_indicators, {"delivery_id": delivery_id}, dict(counts))
+
+
+def soft_pending_messages(
+    conn: Connection, delivery_id: int, *, after_id: int = 0, limit: int = 500
+) -> list[Mapping[str, Any]]:
+    """Pending messages that failed soft and wait for a retry (due or not), in id order:
+    what is given up once the delivery's validity period is over."""
+    m = messages
+    rows = conn.execute(
+        select(
+            m.c.id,
+            m.c.email,
+            m.c.domain,
+            m.c.seed,
+            m.c.attempts,
+            m.c.failure_reason,
+            m.c.failure_code,
+            m.c.size_bytes,
+        )
+        .where(
+            m.c.delivery_id == delivery_id,
+            m.c.status == "pending",
+            m.c.failure_type == "soft",
+            m.c.id > after_id,
+        )
+        .order_by(m.c.id)
+        .limit(limit)
+    )
+    return cast(list[Mapping[str, Any]], list(rows.mappings()))
 
 
 @dataclass(frozen=True)

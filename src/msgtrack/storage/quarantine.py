@@ -306,3 +306,78 @@ def history_of(conn: Connection, address: str) -> list[dict[str, Any]]:
         select(h).where(h.c.address == address.strip().lower()).order_by(h.c.at, h.c.id)
     ).mappings()
     return [{k: v for k, v in r.items() if k != "id"} for r in rows]
+
+
+# -- the web UI's list and detail ----------------------------------------------------
+
+
+def _row(r: Mapping[Any, Any]) -> QuarantineRow:
+    return QuarantineRow(
+        r["address"],
+        r["kind"],
+        r["reason"],
+        r["failure_type"],
+        int(r["error_count"]),
+        r["created_at"],
+        r["updated_at"],
+        r["expires_at"],
+    )
+
+
+def quarantine_page(
+    conn: Connection,
+    now: datetime,
+    *,
+    kind: str | None = None,
+    reason: str | None = None,
+    search: str = "",
+    after: str | None = None,
+    limit: int = 50,
+) -> list[QuarantineRow]:
+    """Addresses excluded now, by address, a page at a time: the rows after ``after``
+    (keyset on the unique address index), filtered by kind, reason and a part of the
+    address."""
+    q = quarantines
+    kinds = (kind,) if kind in ("quarantine", "denylist") else ("quarantine", "denylist")
+    stmt = select(q).where(
+        q.c.kind.in_(kinds),
+        q.c.released_at.is_(None),
+        or_(q.c.expires_at.is_(None), q.c.expires_at > now),
+    )
+    if reason:
+        stmt = stmt.where(q.c.reason == reason)
+    if search:
+        escaped = search.strip().lower()
+        for special in ("\\", "%", "_"):
+            escaped = escaped.replace(special, "\\" + special)
+        stmt = stmt.where(q.c.address.like(f"%{escaped}%", escape="\\"))
+    if after is not None:
+        stmt = stmt.where(q.c.address > after)
+    rows = conn.execute(stmt.order_by(q.c.address).limit(limit)).mappings()
+    return [_row(r) for r in rows]
+
+
+def quarantine_of(conn: Connection, address: str) -> dict[str, Any] | None:
+    """The address's row whatever its state (``active`` says whether it excludes now),
+    None when it never had an error."""
+    row = (
+        conn.execute(select(quarantines).where(quarantines.c.address == address.strip().lower()))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else None
+
+
+def histories_of(conn: Connection, addresses: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`history_of` for a page of addresses, in one query."""
+    wanted = sorted({a.strip().lower() for a in addresses})
+    out: dict[str, list[dict[str, Any]]] = {a: [] for a in wanted}
+    if not wanted:
+        return out
+    h = quarantine_history
+    rows = conn.execute(
+        select(h).where(h.c.address.in_(wanted)).order_by(h.c.address, h.c.at, h.c.id)
+    ).mappings()
+    for r in rows:
+        out[r["address"]].append({k: v for k, v in r.items() if k != "id"})
+    return out

@@ -5,6 +5,7 @@ table without an index on its filter."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection, RowMapping
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from msgtrack.storage.schema import (
     deliveries,
     delivery_indicators,
+    domain_stats,
     messages,
     recipients,
     tracked_urls,
@@ -179,5 +181,56 @@ def recipient_messages(conn: Connection, recipient_id: int, limit: int) -> list[
             .where(m.c.recipient_id == recipient_id)
             .order_by(m.c.id.desc())
             .limit(limit)
+        ).mappings()
+    )
+
+
+# -- global reports: deliveries started in a date range ------------------------------------
+
+
+def deliveries_in_range(since: datetime | None, until: datetime | None) -> Any:
+    """A select of the ids of deliveries whose sending started (or, unsent, that were
+    created) in [since, until): what a global report sums over."""
+    d = deliveries
+    started = func.coalesce(d.c.started_at, d.c.created_at)
+    stmt = select(d.c.id).where(d.c.typology != "proof")
+    if since is not None:
+        stmt = stmt.where(started >= since)
+    if until is not None:
+        stmt = stmt.where(started < until)
+    return stmt
+
+
+def indicator_totals(
+    conn: Connection, since: datetime | None, until: datetime | None
+) -> dict[str, Any]:
+    """Sums of every stored counter, and of to_deliver, over the deliveries in range."""
+    i, d = delivery_indicators, deliveries
+    ids = deliveries_in_range(since, until)
+    counters = [func.coalesce(func.sum(c), 0).label(c.name) for c in i.c if c.name != "delivery_id"]
+    row = conn.execute(select(*counters).where(i.c.delivery_id.in_(ids))).mappings().one()
+    to_deliver = conn.execute(
+        select(func.coalesce(func.sum(d.c.to_deliver), 0)).where(d.c.id.in_(ids))
+    ).scalar_one()
+    deliveries_count = conn.execute(select(func.count()).select_from(ids.subquery())).scalar_one()
+    return {**row, "to_deliver": int(to_deliver), "deliveries": int(deliveries_count)}
+
+
+def domain_totals(
+    conn: Connection, since: datetime | None, until: datetime | None
+) -> list[RowMapping]:
+    """Per-domain sums over the deliveries in range."""
+    t = domain_stats
+    return list(
+        conn.execute(
+            select(
+                t.c.domain,
+                func.sum(t.c.sent).label("sent"),
+                func.sum(t.c.complaints).label("complaints"),
+                func.sum(t.c.opens).label("opens"),
+                func.sum(t.c.clicks).label("clicks"),
+            )
+            .where(t.c.delivery_id.in_(deliveries_in_range(since, until)))
+            .group_by(t.c.domain)
         ).mappings()
     )

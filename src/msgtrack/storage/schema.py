@@ -130,6 +130,8 @@ deliveries = Table(
     Column("send_run", String(40)),
     Column("send_lease_until", UTCDateTime),
     Column("last_error", Text),
+    # Soft failures are retried until started_at + validity_seconds, then given up.
+    Column("validity_seconds", Integer, nullable=False, server_default="432000"),
 )
 
 tracked_urls = Table(
@@ -167,6 +169,8 @@ messages = Table(
     Column("next_attempt_at", UTCDateTime),
     Column("sent_at", UTCDateTime),
     Column("size_bytes", Integer),
+    # When the message got its final status (sent or failed): its throughput bucket.
+    Column("done_at", UTCDateTime),
     # Aggregates kept at ingestion.
     Column("first_event_at", UTCDateTime),
     Column("first_click_at", UTCDateTime),
@@ -304,6 +308,110 @@ domain_stats = Table(
     Column("complaints", Integer, nullable=False, server_default="0"),
     Column("opens", Integer, nullable=False, server_default="0"),
     Column("clicks", Integer, nullable=False, server_default="0"),
+)
+
+# -- send-side aggregates (storage/send_stats.py) -----------------------------------
+# Kept at send time and by bounce processing, rebuilt from the messages by recompute:
+# the delivery reports read these, never a delivery's messages. success = sent and not
+# a seed; errors = failed (as in delivery_indicators).
+
+# Per (delivery, 15-minute UTC bucket of messages.done_at): throughput.
+send_buckets = Table(
+    "send_buckets",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("bucket", UTCDateTime, primary_key=True),
+    Column("success", BigInteger, nullable=False, server_default="0"),
+    Column("errors", BigInteger, nullable=False, server_default="0"),
+    Column("success_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("error_bytes", BigInteger, nullable=False, server_default="0"),
+    Index("ix_send_buckets_bucket", "bucket"),
+)
+
+# Per (delivery, domain): messages to deliver (at analysis), delivered, errors, hard and
+# soft failures (a soft one may be a bounce of a delivered message), unsubscriptions.
+domain_sends = Table(
+    "domain_sends",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("domain", String(255), primary_key=True),
+    Column("processed", BigInteger, nullable=False, server_default="0"),
+    Column("delivered", BigInteger, nullable=False, server_default="0"),
+    Column("errors", BigInteger, nullable=False, server_default="0"),
+    Column("hard", BigInteger, nullable=False, server_default="0"),
+    Column("soft", BigInteger, nullable=False, server_default="0"),
+    Column("unsubscriptions", BigInteger, nullable=False, server_default="0"),
+)
+
+# Per (delivery, domain, qualified reason, failure type): failed messages, and delivered
+# ones that bounced soft.
+failure_stats = Table(
+    "failure_stats",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("domain", String(255), primary_key=True),
+    Column("reason", String(20), primary_key=True),
+    Column("failure_type", String(10), primary_key=True),
+    Column("messages", BigInteger, nullable=False, server_default="0"),
+)
+
+# Time-bucketed counters (SPEC §5): reports over time read these, never the tracking logs.
+# One row per (delivery, metric, 15-minute UTC bucket, tracked URL; 0 when none).
+# Metrics: the event types (click, open, opt-out, mirror, web, transaction) count events;
+# recipient_open, recipient_click and person_click count firsts (a message's first event,
+# its first click, a visitor's first click in the delivery) in the bucket they fell in, so
+# cumulative sums give the distinct counts at any time.
+BUCKET_MINUTES = 15
+event_buckets = Table(
+    "event_buckets",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("metric", String(20), primary_key=True),
+    Column("bucket", UTCDateTime, primary_key=True),
+    Column("tracked_url_id", Id, primary_key=True),
+    Column("events", BigInteger, nullable=False, server_default="0"),
+    Column("amount", Float, nullable=False, server_default="0"),
+    Column("articles", BigInteger, nullable=False, server_default="0"),
+    # Global reports read a date range across deliveries.
+    Index("ix_event_buckets_metric_bucket", "metric", "bucket"),
+)
+
+# Distinct visitors per delivery (the first time each browser showed up in it), with what
+# its user agent was parsed into: browsers and operating systems count visitors from here.
+# visitor_id is the visitor cookie, or for cookieless events (a mail client loading the
+# beacon) "m<message id>:<hash of the user agent>". The agent columns are those of the
+# first event, so an earlier event arriving late can move the visitor to its own agent.
+delivery_visitors = Table(
+    "delivery_visitors",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("visitor_id", String(40), primary_key=True),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("browser", String(100), nullable=False, server_default=""),
+    Column("browser_version", String(40), nullable=False, server_default=""),
+    Column("os", String(100), nullable=False, server_default=""),
+    Column("os_version", String(40), nullable=False, server_default=""),
+    Column("device_class", String(10), nullable=False, server_default=""),
+)
+
+# User agents parsed at ingestion, per (delivery, hour, browser/OS, version, device class):
+# events (pages), opens, clicks, and new visitors. dimension is 'browser' or 'os' (every
+# event adds to one row of each; device classes are read from the browser rows);
+# device_class is desktop, mobile, tablet, bot or other.
+agent_buckets = Table(
+    "agent_buckets",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("bucket", UTCDateTime, primary_key=True),  # 1-hour UTC bucket
+    Column("dimension", String(10), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("version", String(40), primary_key=True),
+    Column("device_class", String(10), primary_key=True),
+    Column("events", BigInteger, nullable=False, server_default="0"),
+    Column("opens", BigInteger, nullable=False, server_default="0"),
+    Column("clicks", BigInteger, nullable=False, server_default="0"),
+    Column("visitors", BigInteger, nullable=False, server_default="0"),
+    Index("ix_agent_buckets_bucket", "bucket"),
 )
 
 # gmail.com <- googlemail.com: reports group aliases under one domain.

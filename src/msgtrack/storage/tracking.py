@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from msgtrack.storage import schema, send_stats
 from msgtrack.storage.schema import (
     deliveries,
     delivery_indicators,
@@ -282,8 +283,15 @@ def _sqlite_time(value: datetime) -> str:
 
 
 def add_unsubscriptions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert the rows; the (delivery, recipient) pairs unsubscribing for the first time
+    count in their domain's send-side counters."""
     if rows:
+        pairs = {
+            (r["delivery_id"], r["recipient_id"]) for r in rows if r["recipient_id"] is not None
+        }
+        first = pairs - unsubscribed_pairs(conn, pairs)
         conn.execute(insert(unsubscriptions), list(rows))
+        send_stats.add_unsubscribed(conn, first)
 
 
 def unsubscribed_pairs(conn: Connection, pairs: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -548,6 +556,12 @@ def reset_event_aggregates(conn: Connection, delivery_id: int) -> None:
         .where(delivery_indicators.c.delivery_id == delivery_id)
         .values({c: 0 for c in EVENT_COUNTERS})
     )
+    # The time buckets (event_buckets): recompute replays every event into them.
+    buckets = schema.event_buckets
+    conn.execute(delete(buckets).where(buckets.c.delivery_id == delivery_id))
+    # User agents (delivery_visitors, agent_buckets): replayed likewise.
+    for table in (schema.delivery_visitors, schema.agent_buckets):
+        conn.execute(delete(table).where(table.c.delivery_id == delivery_id))
 
 
 @dataclass(frozen=True)
@@ -632,6 +646,8 @@ class LoggedEvent:
     at: datetime
     amount: float | None
     articles: int | None
+    tracked_url_id: int | None
+    user_agent: str | None
 
 
 def logged_events_page(
@@ -648,6 +664,8 @@ def logged_events_page(
         t.c.at,
         t.c.amount,
         t.c.articles,
+        t.c.tracked_url_id,
+        t.c.user_agent,
     ).where(t.c.delivery_id == delivery_id)
     if after is not None:
         at, last_id = after
@@ -663,6 +681,8 @@ def logged_events_page(
             r.at,
             r.amount,
             r.articles,
+            r.tracked_url_id,
+            r.user_agent,
         )
         for r in rows
     ]

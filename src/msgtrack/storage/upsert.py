@@ -46,3 +46,23 @@ def add_to_counters(
         set_={name: table.c[name] + stmt.excluded[name] for name in increments},
     )
     conn.execute(stmt)
+
+
+def add_to_counter_rows(
+    conn: Connection,
+    table: Table,
+    keys: Sequence[str],
+    counters: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+) -> None:
+    """``add_to_counters`` for many rows in one executemany: each row holds its key
+    columns and a value (possibly negative) for every name of ``counters``. Callers pass
+    rows sorted by key, so concurrent writers lock rows in the same order."""
+    if not rows:
+        return
+    stmt = _insert(conn, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + stmt.excluded[name] for name in counters},
+    )
+    conn.execute(stmt, list(rows))

@@ -8,7 +8,9 @@ Every list is also CSV with ``?format=csv``, streamed a page at a time.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -16,12 +18,39 @@ from fastapi.responses import Response
 from msgtrack.reports import deliveries as reports
 from msgtrack.reports.indicators import delivery_indicators
 from msgtrack.reports.recipients import recipient_tracking
+from msgtrack.reports.registry import REPORT_NAMES, ReportQuery
 from msgtrack.storage.auth import api_token_exists
 from msgtrack.web.auth import SESSION_COOKIE, bearer_token
 from msgtrack.web.csv import csv_response
+from msgtrack.web.reporting import csv_rows, find_report, make_scope, run_report
 from msgtrack.web.state import WebState
 
 Format = Literal["json", "csv"]
+ReportName = Literal[
+    "indicators", "click-streams", "hot-clicks", "tracking-statistics", "user-activities",
+    "breakdown-of-opens", "browsers", "operating-systems", "summary",
+    "delivery-statistics", "non-deliverables", "throughput",
+]  # fmt: skip
+assert set(get_args(ReportName)) == set(REPORT_NAMES)
+
+
+@dataclass
+class ReportParams:
+    """The query parameters of every report (each report reads the ones it has)."""
+
+    since: date | None = Query(None, description="First local day (global reports).")
+    until: date | None = Query(None, description="Last local day, inclusive.")
+    timescale: str | None = Query(None, max_length=20, description="e.g. 1h, 3h, 24h.")
+    view: str | None = Query(None, max_length=20, description="e.g. label, url, category.")
+    period: str | None = Query(None, max_length=20, description="e.g. launch, 6h, 24h, 7d.")
+    mobile: bool = False
+    table: str | None = Query(None, max_length=40, description="The table ?format=csv exports.")
+    format: Format = "json"
+
+    def query(self) -> ReportQuery:
+        return ReportQuery(self.timescale, self.view, self.period, self.mobile, self.table)
+
+
 MAX_ID = 2**63
 
 DELIVERY_COLUMNS = (
@@ -34,7 +63,6 @@ MESSAGE_COLUMNS = (
 )  # fmt: skip
 EVENT_COLUMNS = ("id", "at", "type", "url", "label", "email", "user_agent", "ip")
 CLICK_COLUMNS = ("clicked_at", "url", "label", "delivery_id", "delivery_name")
-DOMAIN_COLUMNS = ("domain", "sent", "complaints", "opens", "clicks", "raw_reactivity")
 
 
 def _valid_id(delivery_id: int) -> int:
@@ -162,17 +190,34 @@ def api_router(state: WebState) -> APIRouter:
             return csv_response(EVENT_COLUMNS, rows, f"delivery-{delivery_id}-tracking.csv")
         return result
 
-    @router.get("/deliveries/{delivery_id}/reports/indicators", response_model=None)
-    async def indicators_report(
-        delivery_id: int, format: Format = "json"
+    async def report_answer(
+        name: str, delivery_id: int | None, params: ReportParams
     ) -> dict[str, Any] | Response:
-        """SPEC §6 indicators with the per-domain table (the CSV is the domain table)."""
-        result = await indicators(delivery_id)
-        if format == "csv":
-            return csv_response(
-                DOMAIN_COLUMNS, result["domains"], f"delivery-{delivery_id}-indicators.csv"
-            )
-        return result
+        report = find_report(name)
+        scope = make_scope(state, delivery_id, params.since, params.until)
+        query = params.query()
+        data, _ = await run_report(state, report, scope, query)
+        if params.format == "csv":
+            key, columns, rows = csv_rows(report, data, query)
+            prefix = f"delivery-{delivery_id}" if delivery_id else "global"
+            return csv_response(columns, rows, f"{prefix}-{name}-{key}.csv")
+        return data
+
+    @router.get("/deliveries/{delivery_id}/reports/{report}", response_model=None)
+    async def delivery_report(
+        delivery_id: int, report: ReportName, params: ReportParams = Depends()
+    ) -> dict[str, Any] | Response:
+        """One report of a delivery (issue 4's list); ``?format=csv`` exports its main
+        table, or the one named by ``table``."""
+        return await report_answer(report, delivery_id, params)
+
+    @router.get("/reports/{report}", response_model=None)
+    async def global_report(
+        report: ReportName, params: ReportParams = Depends()
+    ) -> dict[str, Any] | Response:
+        """A report across the deliveries started between ``since`` and ``until`` (local
+        days, inclusive; the last 30 days by default)."""
+        return await report_answer(report, None, params)
 
     @router.get("/recipients/{email}", response_model=None)
     async def recipient(email: str, format: Format = "json") -> dict[str, Any] | Response:

@@ -11,6 +11,8 @@ from fastapi.staticfiles import StaticFiles
 
 from msgtrack import __version__
 from msgtrack.context import Context
+from msgtrack.web.admin import admin_router
+from msgtrack.web.admin_api import admin_api_router
 from msgtrack.web.api import api_router
 from msgtrack.web.state import HERE, WebState
 from msgtrack.web.ui import SignInRequired, ui_router
@@ -53,6 +55,8 @@ def create_app(ctx: Context) -> FastAPI:
 
     app.include_router(api_router(state))
     app.include_router(ui_router(state))
+    app.include_router(admin_api_router(state))  # rules, failure texts, quarantine
+    app.include_router(admin_router(state))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
 

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from msgtrack.context import Context
+from msgtrack.reports import catalog, indicators
 from msgtrack.web.auth import SessionSigner, load_session_key
 
 HERE = Path(__file__).parent
@@ -45,5 +46,7 @@ class WebState:
 
         env.filters["localtime"] = localtime
         env.globals["timezone"] = zone.key
+        env.globals["reports"] = catalog.available()  # the tabs
+        env.globals["indicator_rows"] = indicators.ROWS
         key = load_session_key(ctx.settings.home / "session.key")
         return cls(ctx, SessionSigner(key), env, zone, ctx.settings.is_https)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import date, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -12,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from msgtrack.reports import deliveries as reports
-from msgtrack.reports.indicators import delivery_indicators
+from msgtrack.reports.registry import ReportQuery
 from msgtrack.storage.deliveries import set_tracked_url
 from msgtrack.storage.users import authenticate
 from msgtrack.web.auth import (
@@ -22,35 +23,10 @@ from msgtrack.web.auth import (
     Session,
     same_token,
 )
+from msgtrack.web.reporting import find_report, make_scope, run_report
 from msgtrack.web.state import WebState
 
 MAX_FORM_BYTES = 64 * 1024
-# The SPEC §6 table, in its order, with the names people read.
-INDICATOR_ROWS = (
-    ("to_deliver", "To deliver"),
-    ("success", "Success"),
-    ("errors", "Errors"),
-    ("text_only", "Text-only messages"),
-    ("recipient_opens", "Recipient opens"),
-    ("estimated_recipient_opens", "Estimated recipient opens"),
-    ("total_opens", "Total opens"),
-    ("estimated_total_opens", "Estimated total opens"),
-    ("recipient_clicks", "Recipient clicks"),
-    ("person_clicks", "Person clicks"),
-    ("forwards", "Forwards"),
-    ("total_clicks", "Total clicks"),
-    ("raw_reactivity", "Raw reactivity (%)"),
-    ("estimated_reactivity", "Estimated reactivity (%)"),
-    ("distinct_click_rate", "Distinct click rate (%)"),
-    ("cumulated_click_rate", "Cumulated click rate (%)"),
-    ("opt_outs", "Opt-outs"),
-    ("unsubscriptions", "Unsubscriptions"),
-    ("mirror_views", "Mirror page views"),
-    ("hard_bounces", "Hard bounces"),
-    ("soft_bounces", "Soft bounces"),
-    ("complaints", "Complaints"),
-    ("new_quarantines", "New quarantines"),
-)
 
 
 class SignInRequired(Exception):
@@ -273,21 +249,77 @@ def ui_router(state: WebState) -> APIRouter:
             else None,
         )
 
-    @router.get("/deliveries/{delivery_id}/reports/indicators")
-    async def indicators(request: Request, delivery_id: int) -> Response:
+    async def report_page(
+        request: Request,
+        name: str,
+        delivery_id: int | None,
+        since: date | None,
+        until: date | None,
+        query: ReportQuery,
+    ) -> Response:
         session = session_of(request)
-        _id(delivery_id)
-        data = await asyncio.to_thread(delivery_indicators, ctx.reader, delivery_id)
-        if data is None:
-            raise HTTPException(404, "no such delivery")
-        return page(
-            "indicators.html",
-            session,
-            d={"id": delivery_id, "name": data["name"]},
-            data=data,
-            rows=INDICATOR_ROWS,
-            tab="indicators",
+        report = find_report(name)
+        scope = make_scope(state, delivery_id, since, until)
+        data, delivery_name = await run_report(state, report, scope, query)
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "format"]
+        first_day = scope.since.astimezone(state.zone).date() if scope.since else None
+        last_day = (
+            (scope.until.astimezone(state.zone) - timedelta(days=1)).date() if scope.until else None
         )
+        dates = [("since", str(first_day or "")), ("until", str(last_day or ""))]
+        return page(
+            f"reports/{report.name}.html",
+            session,
+            d={"id": delivery_id, "name": delivery_name} if delivery_id else None,
+            data=data,
+            report=report,
+            scope=scope,
+            query=query,
+            tab=report.name,
+            base_path=request.url.path,
+            query_string=urlencode(params),
+            export_url=f"/api{request.url.path}?" + urlencode([*params, ("format", "csv")]),
+            scope_since=first_day or "",
+            scope_until=last_day or "",
+            range_query=urlencode(dates) if delivery_id is None else "",
+            keep_params=[(k, v) for k, v in params if k not in ("since", "until")],
+        )
+
+    @router.get("/deliveries/{delivery_id}/reports/{name}")
+    async def delivery_report(
+        request: Request,
+        delivery_id: int,
+        name: str,
+        since: date | None = None,
+        until: date | None = None,
+        timescale: str | None = None,
+        view: str | None = None,
+        period: str | None = None,
+        mobile: bool = False,
+        table: str | None = None,
+    ) -> Response:
+        query = ReportQuery(timescale, view, period, mobile, table)
+        return await report_page(request, name, delivery_id, since, until, query)
+
+    @router.get("/reports/{name}")
+    async def global_report(
+        request: Request,
+        name: str,
+        since: date | None = None,
+        until: date | None = None,
+        timescale: str | None = None,
+        view: str | None = None,
+        period: str | None = None,
+        mobile: bool = False,
+        table: str | None = None,
+    ) -> Response:
+        query = ReportQuery(timescale, view, period, mobile, table)
+        return await report_page(request, name, None, since, until, query)
+
+    @router.get("/reports")
+    async def reports_home(request: Request) -> Response:
+        session_of(request)
+        return RedirectResponse("/reports/indicators", 303)
 
     @router.get("/recipients/{email}")
     async def recipient(request: Request, email: str) -> Response:

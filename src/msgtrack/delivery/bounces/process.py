@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from msgtrack.delivery.bounces.parse import parse_bounce
 from msgtrack.delivery.bounces.qualify import Verdict, qualify_bounce
-from msgtrack.delivery.bounces.rules import load_rules
+from msgtrack.delivery.bounces.rulefile import live_rules
 from msgtrack.links.sign import TokenError
 from msgtrack.storage import bounces as store
 from msgtrack.storage import quarantine
@@ -71,7 +71,7 @@ class BounceProcessor:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.rules = load_rules(ctx.settings.bounce_rules)
+        self.rules = live_rules(ctx.settings)  # re-read when edited in the UI
         self.policy = quarantine.QuarantinePolicy.from_settings(ctx.settings)
         domain = re.escape(ctx.settings.mail_domain.encode())
         self.message_id_re = re.compile(
