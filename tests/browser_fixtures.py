@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from helpers import free_port, running
 from msgtrack.context import Context
-from test_web_api import PASSWORD, Scenario, build_scenario
+from test_web_api import PASSWORD, build_scenario
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
@@ -54,20 +55,28 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture
-def site(ctx: Context, env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Scenario]]:
-    """``msgtrack serve`` on the scenario's database, its times shown in Paris."""
-    scenario = build_scenario(ctx)
+@contextmanager
+def serving(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """``msgtrack serve`` on the test's database, its times shown in Paris: its base URL."""
     port = free_port()
     server_env = {**env, "MSGTRACK_TIMEZONE": "Europe/Paris"}
     with running(
         server_env, "serve", "--port", str(port), port=port, output=tmp_path / "serve.log"
     ):
-        yield f"http://127.0.0.1:{port}", scenario
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
-def page(browser: Any, site: tuple[str, Scenario]) -> Iterator[Any]:
+def site(ctx: Context, env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """The web API tests' scenario, served. A test module may override this fixture with
+    its own data; ``page`` then opens that site."""
+    scenario = build_scenario(ctx)
+    with serving(env, tmp_path) as base:
+        yield base, scenario
+
+
+@pytest.fixture
+def page(browser: Any, site: tuple[str, Any]) -> Iterator[Any]:
     context = browser.new_context(base_url=site[0], accept_downloads=True)
     context.set_default_timeout(10_000)
     tab = context.new_page()

@@ -8,8 +8,6 @@ Every list is also CSV with ``?format=csv``, streamed a page at a time.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from datetime import date
 from typing import Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -18,11 +16,11 @@ from fastapi.responses import Response
 from msgtrack.reports import deliveries as reports
 from msgtrack.reports.indicators import delivery_indicators
 from msgtrack.reports.recipients import recipient_tracking
-from msgtrack.reports.registry import REPORT_NAMES, ReportQuery
+from msgtrack.reports.registry import REPORT_NAMES
 from msgtrack.storage.auth import api_token_exists
 from msgtrack.web.auth import SESSION_COOKIE, bearer_token
 from msgtrack.web.csv import csv_response
-from msgtrack.web.reporting import csv_rows, find_report, make_scope, run_report
+from msgtrack.web.reporting import ReportParams, csv_rows, find_report, make_scope, run_report
 from msgtrack.web.state import WebState
 
 Format = Literal["json", "csv"]
@@ -32,23 +30,6 @@ ReportName = Literal[
     "delivery-statistics", "non-deliverables", "throughput",
 ]  # fmt: skip
 assert set(get_args(ReportName)) == set(REPORT_NAMES)
-
-
-@dataclass
-class ReportParams:
-    """The query parameters of every report (each report reads the ones it has)."""
-
-    since: date | None = Query(None, description="First local day (global reports).")
-    until: date | None = Query(None, description="Last local day, inclusive.")
-    timescale: str | None = Query(None, max_length=20, description="e.g. 1h, 3h, 24h.")
-    view: str | None = Query(None, max_length=20, description="e.g. label, url, category.")
-    period: str | None = Query(None, max_length=20, description="e.g. launch, 6h, 24h, 7d.")
-    mobile: bool = False
-    table: str | None = Query(None, max_length=40, description="The table ?format=csv exports.")
-    format: Format = "json"
-
-    def query(self) -> ReportQuery:
-        return ReportQuery(self.timescale, self.view, self.period, self.mobile, self.table)
 
 
 MAX_ID = 2**63

@@ -5,10 +5,11 @@ show the same numbers."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Query
 
 from msgtrack.reports.catalog import REPORTS
 from msgtrack.reports.registry import (
@@ -23,6 +24,23 @@ from msgtrack.storage.tracking import delivery_header
 from msgtrack.web.state import WebState
 
 MAX_ID = 2**63
+
+
+@dataclass
+class ReportParams:
+    """The query parameters of every report (each report reads the ones it has)."""
+
+    since: date | None = Query(None, description="First local day (global reports).")
+    until: date | None = Query(None, description="Last local day, inclusive.")
+    timescale: str | None = Query(None, max_length=20, description="e.g. 1h, 3h, 24h.")
+    view: str | None = Query(None, max_length=20, description="e.g. label, url, category.")
+    period: str | None = Query(None, max_length=20, description="e.g. launch, 6h, 24h, 7d.")
+    mobile: bool = False
+    table: str | None = Query(None, max_length=40, description="The table ?format=csv exports.")
+    format: Literal["json", "csv"] = "json"  # the API's; pages ignore it
+
+    def query(self) -> ReportQuery:
+        return ReportQuery(self.timescale, self.view, self.period, self.mobile, self.table)
 
 
 def find_report(name: str) -> Report:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from msgtrack.reports import deliveries as reports
@@ -23,10 +23,15 @@ from msgtrack.web.auth import (
     Session,
     same_token,
 )
-from msgtrack.web.reporting import find_report, make_scope, run_report
+from msgtrack.web.reporting import ReportParams, find_report, make_scope, run_report
 from msgtrack.web.state import WebState
 
 MAX_FORM_BYTES = 64 * 1024
+# The hot clicks content: the message's own inline styles, nothing that runs or leaves.
+HOT_CLICKS_CONTENT_POLICY = (
+    "sandbox; default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+)
 
 
 class SignInRequired(Exception):
@@ -250,16 +255,12 @@ def ui_router(state: WebState) -> APIRouter:
         )
 
     async def report_page(
-        request: Request,
-        name: str,
-        delivery_id: int | None,
-        since: date | None,
-        until: date | None,
-        query: ReportQuery,
+        request: Request, name: str, delivery_id: int | None, options: ReportParams
     ) -> Response:
         session = session_of(request)
         report = find_report(name)
-        scope = make_scope(state, delivery_id, since, until)
+        scope = make_scope(state, delivery_id, options.since, options.until)
+        query = options.query()
         data, delivery_name = await run_report(state, report, scope, query)
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "format"]
         first_day = scope.since.astimezone(state.zone).date() if scope.since else None
@@ -283,38 +284,42 @@ def ui_router(state: WebState) -> APIRouter:
             scope_until=last_day or "",
             range_query=urlencode(dates) if delivery_id is None else "",
             keep_params=[(k, v) for k, v in params if k not in ("since", "until")],
+            query_with=lambda field, value: urlencode(
+                [(k, v) for k, v in params if k != field] + [(field, value)]
+            ),
+        )
+
+    @router.get("/deliveries/{delivery_id}/reports/hot-clicks/content")
+    async def hot_clicks_content(request: Request, delivery_id: int) -> Response:
+        """The HTML part with its share badges, for the hot clicks page's iframe. A
+        document of its own so that it can keep the message's inline styles while
+        running nothing: sandboxed by its CSP (no script, no form, opaque origin), its
+        images limited to this server, framable only by the admin's own pages."""
+        session_of(request)
+        scope = make_scope(state, delivery_id, None, None)
+        data, _ = await run_report(state, find_report("hot-clicks"), scope, ReportQuery())
+        if data["html"] is None:
+            raise HTTPException(404, "this delivery has no HTML part")
+        return HTMLResponse(
+            data["html"],
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": HOT_CLICKS_CONTENT_POLICY,
+                "X-Frame-Options": "SAMEORIGIN",
+            },
         )
 
     @router.get("/deliveries/{delivery_id}/reports/{name}")
     async def delivery_report(
-        request: Request,
-        delivery_id: int,
-        name: str,
-        since: date | None = None,
-        until: date | None = None,
-        timescale: str | None = None,
-        view: str | None = None,
-        period: str | None = None,
-        mobile: bool = False,
-        table: str | None = None,
+        request: Request, delivery_id: int, name: str, params: ReportParams = Depends()
     ) -> Response:
-        query = ReportQuery(timescale, view, period, mobile, table)
-        return await report_page(request, name, delivery_id, since, until, query)
+        return await report_page(request, name, delivery_id, params)
 
     @router.get("/reports/{name}")
     async def global_report(
-        request: Request,
-        name: str,
-        since: date | None = None,
-        until: date | None = None,
-        timescale: str | None = None,
-        view: str | None = None,
-        period: str | None = None,
-        mobile: bool = False,
-        table: str | None = None,
+        request: Request, name: str, params: ReportParams = Depends()
     ) -> Response:
-        query = ReportQuery(timescale, view, period, mobile, table)
-        return await report_page(request, name, None, since, until, query)
+        return await report_page(request, name, None, params)
 
     @router.get("/reports")
     async def reports_home(request: Request) -> Response:
