@@ -14,6 +14,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from msgtrack.links.addresses import MIRROR_ORDINAL, OPEN_ORDINAL, OPT_OUT_ORDINAL
+from msgtrack.storage import send_stats
 from msgtrack.storage.schema import (
     deliveries,
     delivery_indicators,
@@ -125,10 +126,13 @@ def add_message(
     status: str = "sent",
     text_only: bool = False,
     seed: bool = False,
+    failure_code: str | None = None,
+    failure_reason: str | None = None,
 ) -> int:
     """A message, counted the way analysis and sending count it: text_only at analysis;
     when sent, success (seeds excluded) and the domain's sends (seeds included); errors
-    when failed."""
+    when failed; and the send-side aggregates (its domain's messages to deliver and
+    outcome, a failure under its reason)."""
     domain = email.rsplit("@", 1)[1].lower()
     mid = int(
         conn.execute(
@@ -141,10 +145,20 @@ def add_message(
                 text_only=text_only,
                 seed=seed,
                 failure_type="hard" if status == "failed" else None,
+                failure_code=failure_code,
+                failure_reason=failure_reason,
                 sent_at=datetime.now(UTC) if status == "sent" else None,
             )
         ).inserted_primary_key[0]
     )
+    deltas = send_stats.Deltas()
+    deltas.domains[domain][0] += 1  # processed: one more message to deliver
+    deltas.add(
+        send_stats.SendState(
+            domain, status, "hard" if status == "failed" else None, failure_code, seed
+        )
+    )
+    deltas.write(conn, delivery_id)
     _bump(
         conn,
         delivery_id,

@@ -16,7 +16,6 @@ from factories import T0, add_delivery, add_message, add_recipient, ev, write_se
 from msgtrack.context import Context
 from msgtrack.ingest.loader import ingest_once
 from msgtrack.storage.auth import create_api_token
-from msgtrack.storage.schema import messages
 from msgtrack.storage.users import set_user
 from msgtrack.web.app import create_app
 
@@ -49,14 +48,16 @@ def build_scenario(ctx: Context) -> Scenario:
         for name, domain in [("alice", "example.com"), ("bob", "example.org"), ("carol", "x.net")]:
             email = f"{name}@{domain}"
             rid = add_recipient(conn, email, first_name=name.title())
+            failed = name == "carol"
             ids[name] = add_message(
-                conn, d.id, rid, email, status="failed" if name == "carol" else "sent"
+                conn,
+                d.id,
+                rid,
+                email,
+                status="failed" if failed else "sent",
+                failure_code="user_unknown" if failed else None,
+                failure_reason="550 5.1.1 <carol@x.net> unknown" if failed else None,
             )
-        conn.execute(
-            update(messages)
-            .where(messages.c.id == ids["carol"])
-            .values(failure_reason="550 5.1.1 <carol@x.net> unknown", failure_code="user_unknown")
-        )
         draft = add_delivery(
             conn, "Summer draft", state="draft", links=[("https://d.example/", "")]
         )
@@ -218,14 +219,16 @@ def test_api_answers_match_the_scenario(client: TestClient, scenario: Scenario) 
     assert [d["name"] for d in by_name.json()] == ["Spring <i>news</i>", "Summer draft"]
     dash = client.get(f"/api/deliveries/{did}", headers=api).json()
     assert dash["state"] == "sent" and dash["status_counts"] == {"failed": 1, "sent": 2}
-    assert dash["errors"] == [
+    assert dash["errors_by_reason"] == [
         {
-            "failure_code": "user_unknown",
+            "reason": "user_unknown",
             "failure_type": "hard",
-            "failure_reason": "550 5.1.1 <carol@x.net> unknown",
+            "title": "User unknown",
             "messages": 1,
+            "percent": 100.0,
         }
     ]
+    assert [(e["domain"], e["hard"]) for e in dash["errors_by_domain"]] == [("x.net", 1)]
     failed = client.get(f"/api/deliveries/{did}", params={"status": "failed"}, headers=api).json()
     assert [m["email"] for m in failed["messages"]] == ["carol@x.net"]
     first = client.get(f"/api/deliveries/{did}", params={"limit": 2}, headers=api).json()

@@ -49,9 +49,9 @@ def test_every_screen_shows_what_the_api_says(page: Any, site: tuple[str, Scenar
     dash = api.get(f"/api/deliveries/{did}").json()
     assert page.text_content("#state") == dash["state"]
     assert {r[0]: int(r[1]) for r in cells(page, "#status-counts")} == dash["status_counts"]
-    errors = cells(page, "#errors")
-    assert [(r[0], r[2], int(r[3])) for r in errors] == [
-        (e["failure_code"], e["failure_reason"], e["messages"]) for e in dash["errors"]
+    errors = cells(page, "#errors-by-reason")
+    assert [(r[0], r[1], int(r[2])) for r in errors] == [
+        (e["reason"], e["failure_type"], e["messages"]) for e in dash["errors_by_reason"]
     ]
     assert [r[1] for r in cells(page, "#messages-table")] == [m["email"] for m in dash["messages"]]
     page.select_option("select[name=status]", "failed")

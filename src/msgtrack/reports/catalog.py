@@ -6,9 +6,13 @@ from msgtrack.reports import (
     breakdown_of_opens,
     browsers,
     click_streams,
+    delivery_statistics,
     hot_clicks,
     indicators,
+    non_deliverables,
     operating_systems,
+    summary,
+    throughput,
     tracking_statistics,
     user_activities,
 )
@@ -25,6 +29,10 @@ REPORTS: dict[str, Report] = {
         breakdown_of_opens.REPORT,
         browsers.REPORT,
         operating_systems.REPORT,
+        summary.REPORT,
+        delivery_statistics.REPORT,
+        non_deliverables.REPORT,
+        throughput.REPORT,
     )
 }
 

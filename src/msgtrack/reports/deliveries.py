@@ -10,6 +10,9 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from msgtrack.reports.indicators import connection
+from msgtrack.reports.non_deliverables import breakdown
+from msgtrack.reports.summary import counts as summary_counts
+from msgtrack.reports.summary import rates as summary_rates
 from msgtrack.storage import deliveries as delivery_store
 from msgtrack.storage import reports as store
 
@@ -66,30 +69,63 @@ def delivery_dashboard(
     after: int | None = None,
     limit: int = 50,
 ) -> dict[str, Any] | None:
-    """State, counts by status, errors by reason, a page of messages and the tracked URLs."""
+    """State, progress and counts by status, what went wrong (errors by reason and by
+    domain, bounce rates, new quarantines), a page of messages and the tracked URLs.
+
+    Every count comes from stored counters (``delivery_indicators``, ``domain_stats``,
+    ``failure_stats``): the page never scans the delivery's messages, only reads the
+    page of them it lists."""
     with connection(conn_or_engine) as conn:
         delivery = delivery_store.get_delivery(conn, delivery_id)
         if delivery is None:
             return None
-        counts = store.status_counts(conn, delivery_id)
-        errors = store.error_groups(conn, delivery_id)
+        c = summary_counts(conn, delivery_id, None, None)
+        counts = store.status_counts(
+            conn, delivery_id, int(delivery.to_deliver), sent=c["sent"], failed=c["errors"]
+        )
+        failures = breakdown(conn, delivery_id)
         page = store.messages_page(
             conn, delivery_id, status=status, after_id=after, limit=limit + 1
         )
         urls = delivery_store.tracked_urls(conn, delivery_id)
     more = len(page) > limit
     page = page[:limit]
+    rates = summary_rates(c)
     return {
         "id": delivery.id,
         "name": delivery.name,
         "subject": delivery.subject,
         "state": delivery.state,
         "created_at": _iso(delivery.created_at),
+        "started_at": _iso(delivery.started_at),
         "sent_at": _iso(delivery.sent_at),
         "to_deliver": delivery.to_deliver,
         "editable": delivery.state in EDITABLE_STATES,
         "status_counts": counts,
-        "errors": [dict(e) for e in errors],
+        "progress": {
+            "done": counts.get("sent", 0) + counts.get("failed", 0),
+            "to_deliver": delivery.to_deliver,
+            "percent": rates["progress"],
+        },
+        "bounces": {
+            "processed": c["processed"],
+            "success": c["success"],
+            "errors": c["errors"],
+            "hard_bounces": c["hard_bounces"],
+            "soft_bounces": c["soft_bounces"],
+            "hard_bounce_rate": rates["hard_bounce_rate"],
+            "soft_bounce_rate": rates["soft_bounce_rate"],
+            "complaints": c["complaints"],
+            "complaint_rate": rates["complaint_rate"],
+            "new_quarantines": c["new_quarantines"],
+        },
+        # The non-deliverables report's tables, without their expansions.
+        "errors_by_reason": [
+            {k: v for k, v in r.items() if k != "domains"} for r in failures["by_reason"]
+        ],
+        "errors_by_domain": [
+            {k: v for k, v in r.items() if k != "reasons"} for r in failures["by_domain"]
+        ],
         "messages": [_plain(m) for m in page],
         "next_after": page[-1]["id"] if more else None,
         "urls": [

@@ -24,7 +24,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from msgtrack.storage import send_stats, tracking
-from msgtrack.storage.schema import bounces, delivery_indicators, domain_stats, messages
+from msgtrack.storage.schema import (
+    bounces,
+    delivery_indicators,
+    domain_stats,
+    failure_stats,
+    messages,
+)
 from msgtrack.storage.upsert import add_to_counters
 
 
@@ -119,15 +125,33 @@ def record_message_failure(
     conn: Connection, msg: MessageRef, reason: str, failure_type: str, text: str
 ) -> dict[str, int]:
     """Store a bounce's verdict on its message and move the counters; returns the
-    counter increments applied (hard_bounces, soft_bounces)."""
-    values: dict[str, Any] = {"failure_code": reason, "failure_reason": text}
-    counts = {"hard_bounces": 0, "soft_bounces": 0}
-    if failure_type == "hard":
-        if msg.failure_type != "hard" or msg.status != "failed":
-            counts["hard_bounces"] = 1
-        values["failure_type"] = "hard"
-        if msg.status == "sent":
-            values["status"] = "failed"
+    changes to hard_bounces and soft_bounces.
+
+    - hard: a sent message fails (success -1 unless a seed, errors +1, its domain's
+      sends -1, counted in the bucket where it was sent); a failed one becomes a hard
+      failure for this reason.
+    - soft: a sent message stays delivered, bounced soft; a soft failure takes the
+      latest reason; a hard failure keeps its own (a later "mailbox full" does not make
+      an unknown user soft).
+    - A failure ``ignored`` (never sent), and a message not decided yet (pending, in
+      flight) or ``unknown``, keep their state and count nothing: only the reason and
+      text are noted on the undecided ones, and their send decides.
+
+    hard_bounces and soft_bounces move with the message's state, as the send-side
+    aggregates do: they always count the messages failed hard, and those failed or
+    bounced soft (a soft bounce followed by a hard one is a hard bounce, once).
+    """
+    noted: dict[str, Any] = {"failure_code": reason, "failure_reason": text}
+    values: dict[str, Any] = {}
+    if msg.status == "failed":
+        if msg.failure_type == "soft":
+            values = {**noted, "failure_type": failure_type}
+        elif msg.failure_type == "hard" and failure_type == "hard":
+            values = noted
+        # else ignored, or hard with a soft bounce: unchanged
+    elif msg.status == "sent":
+        if failure_type == "hard":
+            values = {**noted, "status": "failed", "failure_type": "hard"}
             add_to_counters(
                 conn,
                 delivery_indicators,
@@ -140,13 +164,12 @@ def record_message_failure(
                 {"delivery_id": msg.delivery_id, "domain": msg.domain},
                 {"sent": -1},
             )
-        elif msg.status not in ("failed",):
-            values.pop("failure_type")  # pending or in flight: sending decides
-    else:
-        if msg.failure_type is None:
-            counts["soft_bounces"] = 1
-        if msg.failure_type != "hard":
-            values["failure_type"] = "soft"
+        else:
+            values = {**noted, "failure_type": "soft"}
+    else:  # pending, in flight, unknown
+        values = noted
+    if not values:
+        return {"hard_bounces": 0, "soft_bounces": 0}
     conn.execute(update(messages).where(messages.c.id == msg.id).values(**values))
     deltas = send_stats.Deltas()
     deltas.change(
@@ -156,6 +179,7 @@ def record_message_failure(
         ),
     )
     deltas.write(conn, msg.delivery_id)
+    counts = deltas.bounce_counts()
     add_counts(conn, msg.delivery_id, counts)
     return counts
 
@@ -250,15 +274,15 @@ def counts_by_reason(conn: Connection, delivery_id: int) -> dict[str, int]:
 
 def failures_by_domain(conn: Connection, delivery_id: int) -> list[tuple[str, str, str, int]]:
     """(domain, reason, type, messages) of a delivery's qualified failures, synchronous
-    and asynchronous alike."""
-    m = messages
+    and asynchronous alike (failed messages, and delivered ones that bounced soft), from
+    the send-side aggregates: never a scan of its messages."""
+    f = failure_stats
     rows = conn.execute(
-        select(m.c.domain, m.c.failure_code, m.c.failure_type, func.count())
-        .where(m.c.delivery_id == delivery_id, m.c.failure_code.is_not(None))
-        .group_by(m.c.domain, m.c.failure_code, m.c.failure_type)
-        .order_by(m.c.domain, m.c.failure_code)
+        select(f.c.domain, f.c.reason, f.c.failure_type, f.c.messages)
+        .where(f.c.delivery_id == delivery_id, f.c.messages != 0)
+        .order_by(f.c.domain, f.c.reason, f.c.failure_type)
     ).all()
-    return [(str(d), str(r), str(t or ""), int(n)) for d, r, t, n in rows]
+    return [(str(d), str(r), str(t), int(n)) for d, r, t, n in rows]
 
 
 def bounce_counters(conn: Connection, delivery_id: int) -> dict[str, int]:

@@ -14,24 +14,33 @@ change of state applies new minus old in the transaction that makes it. So
 incremental counts by construction. success = sent and not a seed, errors = failed,
 as ``delivery_indicators`` counts them; a soft failure is a final soft failure or a
 delivered message that bounced soft (it stays delivered); a hard bounce turns a
-delivered message into an error in the bucket where it was sent.
+delivered message into an error in the bucket where it was sent. Bounce processing
+moves ``delivery_indicators.hard_bounces`` / ``soft_bounces`` by the same deltas
+(:meth:`Deltas.bounce_counts`), so they always equal the sums of the domains' hard and
+soft counts.
+
+The reads (below) serve the send-side reports and the delivery dashboard: each is a
+grouped query on these small tables, over one delivery or the deliveries a global
+report covers (started in its date range, proofs excluded, as every global report).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, delete, func, select, tuple_
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from msgtrack.storage.reports import deliveries_in_range
 from msgtrack.storage.schema import (
     deliveries,
     delivery_indicators,
+    domain_aliases,
     domain_sends,
     domain_stats,
     failure_stats,
@@ -102,6 +111,14 @@ class Deltas:
     def change(self, old: SendState | None, new: SendState | None) -> None:
         self.add(old, -1)
         self.add(new, 1)
+
+    def bounce_counts(self) -> dict[str, int]:
+        """What these deltas move ``delivery_indicators.hard_bounces`` and
+        ``soft_bounces`` by: the messages failed hard, and failed or bounced soft."""
+        return {
+            "hard_bounces": sum(v[3] for v in self.domains.values()),
+            "soft_bounces": sum(v[4] for v in self.domains.values()),
+        }
 
     def write(self, conn: Connection, delivery_id: int) -> None:
         """Add the non-zero deltas to the tables (rows in key order, so concurrent
@@ -269,41 +286,52 @@ def snapshot(conn: Connection, delivery_id: int) -> dict[str, Any]:
 
 
 # -- what the reports read -----------------------------------------------------------
+# One delivery's rows, or those of every delivery a global report covers: the ones whose
+# sending started in [since, until), proofs excluded (``deliveries_in_range``, as every
+# other global report). Each read groups these small tables in the database; a list
+# that could be long (a delivery to a million addresses has many domains) is cut by a
+# LIMIT, the rest summed as "others".
+
+TOP_DOMAINS = 20
+OTHERS = "others"
+# The per-domain columns of the delivery statistics: domain_sends' counters, and the
+# messages sent (seeds included), distinct opening / clicking messages and complaints of
+# domain_stats.
+TRACKING_COLUMNS = ("sent", "opens", "clicks", "complaints")
+DOMAIN_COLUMNS = (*DOMAIN_COUNTERS, *TRACKING_COLUMNS)
+FAILURE_TYPES = ("hard", "soft", "ignored")
 
 
-def delivery_ids_started(since: datetime | None, until: datetime | None) -> Any:
-    """The deliveries a global report covers: those whose sending started in [since,
-    until) (every delivery that started, without bounds)."""
-    d = deliveries
-    conditions: list[ColumnElement[bool]] = [d.c.started_at.is_not(None)]
-    if since is not None:
-        conditions.append(d.c.started_at >= since)
-    if until is not None:
-        conditions.append(d.c.started_at < until)
-    return select(d.c.id).where(*conditions)
-
-
-def _in_scope(
+def in_scope(
     column: Any, delivery_id: int | None, since: datetime | None, until: datetime | None
-) -> Any:
+) -> ColumnElement[bool]:
+    """``column`` (a delivery id) is the delivery, or one of the range's deliveries."""
     if delivery_id is not None:
-        return column == delivery_id
-    return column.in_(delivery_ids_started(since, until))
+        return cast(ColumnElement[bool], column == delivery_id)
+    return cast(ColumnElement[bool], column.in_(deliveries_in_range(since, until)))
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, str):  # SQLite, when the column type was lost
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def alias_map(conn: Connection) -> dict[str, str]:
+    """alias -> the domain it is reported under (the alias table is small)."""
+    a = domain_aliases
+    return {
+        str(alias).lower(): str(domain)
+        for alias, domain in conn.execute(select(a.c.alias, a.c.domain))
+    }
 
 
 def send_bucket_rows(
     conn: Connection, delivery_id: int | None, since: datetime | None, until: datetime | None
 ) -> list[tuple[datetime, int, int, int, int]]:
-    """(bucket, success, errors, success_bytes, error_bytes) per 15-minute bucket, in time
-    order: of one delivery, or of every delivery within [since, until)."""
+    """(bucket, success, errors, success_bytes, error_bytes) per 15-minute UTC bucket
+    with anything in it, in time order, summed over the scope's deliveries."""
     b = send_buckets
-    conditions: list[Any] = []
-    if delivery_id is not None:
-        conditions.append(b.c.delivery_id == delivery_id)
-    if since is not None:
-        conditions.append(b.c.bucket >= since)
-    if until is not None:
-        conditions.append(b.c.bucket < until)
     rows = conn.execute(
         select(
             b.c.bucket,
@@ -312,49 +340,155 @@ def send_bucket_rows(
             func.sum(b.c.success_bytes),
             func.sum(b.c.error_bytes),
         )
-        .where(*conditions)
+        .where(in_scope(b.c.delivery_id, delivery_id, since, until))
         .group_by(b.c.bucket)
         .order_by(b.c.bucket)
     )
-    return [(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
-
-
-def domain_send_rows(
-    conn: Connection, delivery_id: int | None, since: datetime | None, until: datetime | None
-) -> dict[str, dict[str, int]]:
-    """Per domain: the ``domain_sends`` counters and the distinct opens and clicks of
-    ``domain_stats``, summed over the scope."""
-    s, t = domain_sends, domain_stats
-    out: dict[str, dict[str, int]] = {}
-    for r in conn.execute(
-        select(s.c.domain, *(func.sum(s.c[c]).label(c) for c in DOMAIN_COUNTERS))
-        .where(_in_scope(s.c.delivery_id, delivery_id, since, until))
-        .group_by(s.c.domain)
-    ).mappings():
-        out[str(r["domain"])] = {c: int(r[c]) for c in DOMAIN_COUNTERS} | {"opens": 0, "clicks": 0}
-    for domain, opens, clicks in conn.execute(
-        select(t.c.domain, func.sum(t.c.opens), func.sum(t.c.clicks))
-        .where(_in_scope(t.c.delivery_id, delivery_id, since, until))
-        .group_by(t.c.domain)
-    ):
-        row = out.setdefault(
-            str(domain), dict.fromkeys(DOMAIN_COUNTERS, 0) | {"opens": 0, "clicks": 0}
-        )
-        row["opens"], row["clicks"] = int(opens), int(clicks)
+    out = []
+    for r in rows:
+        values = (int(r[1] or 0), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0))
+        if any(values):
+            out.append((_utc(r[0]), *values))
     return out
+
+
+def domain_send_table(
+    conn: Connection,
+    delivery_id: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    top: int = TOP_DOMAINS,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Per domain (aliases merged under their domain) the ``DOMAIN_COLUMNS`` summed over
+    the scope, most messages to deliver first, those beyond ``top`` summed as
+    ``others``; and the totals of every domain.
+
+    A delivery to a million addresses can have tens of thousands of domains: only the
+    totals read them all (SUMs), the top ones come from an ORDER BY … LIMIT, and only the
+    domains the alias table names are merged here."""
+    s, t = domain_sends, domain_stats
+    in_sends = in_scope(s.c.delivery_id, delivery_id, since, until)
+    in_stats = in_scope(t.c.delivery_id, delivery_id, since, until)
+    send_sums = [func.coalesce(func.sum(s.c[c]), 0).label(c) for c in DOMAIN_COUNTERS]
+    stat_sums = [func.coalesce(func.sum(t.c[c]), 0).label(c) for c in TRACKING_COLUMNS]
+    total = {
+        k: int(v)
+        for stmt in (select(*send_sums).where(in_sends), select(*stat_sums).where(in_stats))
+        for k, v in conn.execute(stmt).mappings().one().items()
+    }
+    aliases = alias_map(conn)
+    merged = sorted(set(aliases) | {d.lower() for d in aliases.values()})
+    groups: dict[str, dict[str, int]] = {}
+
+    def add(rows: Any) -> list[str]:
+        names = []
+        for r in rows.mappings():
+            raw = str(r["domain"])
+            row = groups.setdefault(aliases.get(raw.lower(), raw), dict.fromkeys(DOMAIN_COLUMNS, 0))
+            for c in DOMAIN_COLUMNS:
+                if c in r:
+                    row[c] += int(r[c])
+            names.append(raw)
+        return names
+
+    def per_domain(table: Any, columns: Sequence[str], *where: Any) -> Any:
+        """Per domain of the table: one row each for a delivery (its key), sums for a
+        range of deliveries."""
+        scoped = in_scope(table.c.delivery_id, delivery_id, since, until)
+        if delivery_id is not None:
+            return select(table.c.domain, *(table.c[c] for c in columns)).where(scoped, *where)
+        return (
+            select(table.c.domain, *(func.sum(table.c[c]).label(c) for c in columns))
+            .where(scoped, *where)
+            .group_by(table.c.domain)
+        )
+
+    # The biggest domains the alias table leaves alone, then those it merges.
+    biggest = per_domain(s, DOMAIN_COUNTERS, s.c.domain.not_in(merged)).subquery()
+    b = biggest.c
+    candidates = add(
+        conn.execute(
+            select(biggest)
+            .order_by(b.processed.desc(), (b.delivered + b.errors).desc(), b.domain)
+            .limit(top + 1)
+        )
+    )
+    if len(candidates) <= top:  # few domains: those only tracking counted can show too
+        only = per_domain(t, ("sent",), t.c.domain.not_in([*merged, *candidates])).subquery()
+        candidates += [
+            str(d)
+            for (d,) in conn.execute(
+                select(only.c.domain)
+                .order_by(only.c.sent.desc(), only.c.domain)
+                .limit(top + 1 - len(candidates))
+            )
+        ]
+    if merged:
+        add(conn.execute(per_domain(s, DOMAIN_COUNTERS, s.c.domain.in_(merged))))
+    tracked = sorted(set(candidates) | set(merged))
+    if tracked:
+        add(conn.execute(per_domain(t, TRACKING_COLUMNS, t.c.domain.in_(tracked))))
+    ordered = sorted(
+        (kv for kv in groups.items() if any(kv[1].values())),
+        key=lambda kv: (
+            -kv[1]["processed"],
+            -(kv[1]["delivered"] + kv[1]["errors"]),
+            -kv[1]["sent"],
+            kv[0],
+        ),
+    )
+    shown = ordered[:top]
+    rest = {c: total[c] - sum(v[c] for _, v in shown) for c in DOMAIN_COLUMNS}
+    if any(rest.values()):
+        shown.append((OTHERS, rest))
+    return [{"domain": name, **values} for name, values in shown], total
+
+
+def sent_total(
+    conn: Connection, delivery_id: int | None, since: datetime | None, until: datetime | None
+) -> int:
+    """Messages sent, seeds included (``domain_stats.sent``), over the scope."""
+    t = domain_stats
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(t.c.sent), 0)).where(
+                in_scope(t.c.delivery_id, delivery_id, since, until)
+            )
+        ).scalar_one()
+    )
+
+
+def failure_reason_rows(
+    conn: Connection, delivery_id: int | None, since: datetime | None, until: datetime | None
+) -> list[tuple[str, str, int]]:
+    """(reason, failure type, messages) over the scope, most messages first."""
+    f = failure_stats
+    n = func.sum(f.c.messages)
+    rows = conn.execute(
+        select(f.c.reason, f.c.failure_type, n)
+        .where(in_scope(f.c.delivery_id, delivery_id, since, until))
+        .group_by(f.c.reason, f.c.failure_type)
+        .having(n != 0)
+        .order_by(n.desc(), f.c.reason, f.c.failure_type)
+    )
+    return [(str(r), str(t), int(m)) for r, t, m in rows]
 
 
 def failure_rows(
     conn: Connection, delivery_id: int | None, since: datetime | None, until: datetime | None
 ) -> list[tuple[str, str, str, int]]:
-    """(domain, reason, failure type, messages), summed over the scope."""
+    """(domain, reason, failure type, messages) over the scope, non-zero only. A
+    delivery's failures are a few rows per domain that had any (its PK order groups them
+    as they are read)."""
     f = failure_stats
+    n = func.sum(f.c.messages)
     rows = conn.execute(
-        select(f.c.domain, f.c.reason, f.c.failure_type, func.sum(f.c.messages))
-        .where(_in_scope(f.c.delivery_id, delivery_id, since, until))
+        select(f.c.domain, f.c.reason, f.c.failure_type, n)
+        .where(in_scope(f.c.delivery_id, delivery_id, since, until))
         .group_by(f.c.domain, f.c.reason, f.c.failure_type)
+        .having(n != 0)
     )
-    return [(str(d), str(r), str(t), int(n)) for d, r, t, n in rows if int(n)]
+    return [(str(d), str(r), str(t), int(m)) for d, r, t, m in rows]
 
 
 def indicator_sums(
@@ -364,13 +498,13 @@ def indicator_sums(
     until: datetime | None,
     names: Iterable[str],
 ) -> dict[str, int]:
-    """``delivery_indicators`` counters summed over the scope."""
+    """``delivery_indicators`` counters summed over the scope (0 without a row)."""
     t = delivery_indicators
     cols = list(names)
     row = (
         conn.execute(
             select(*(func.coalesce(func.sum(t.c[c]), 0).label(c) for c in cols)).where(
-                _in_scope(t.c.delivery_id, delivery_id, since, until)
+                in_scope(t.c.delivery_id, delivery_id, since, until)
             )
         )
         .mappings()
@@ -380,10 +514,14 @@ def indicator_sums(
 
 
 def analysis_sums(
-    conn: Connection, since: datetime | None, until: datetime | None, names: Iterable[str]
-) -> Mapping[str, int]:
-    """The analysis columns of ``deliveries`` summed over the deliveries started in the
-    range, and how many deliveries that is (``deliveries``)."""
+    conn: Connection,
+    delivery_id: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    names: Iterable[str],
+) -> dict[str, int]:
+    """The analysis columns of ``deliveries`` summed over the scope, and how many
+    deliveries that is (``deliveries``)."""
     d = deliveries
     cols = list(names)
     row = (
@@ -391,7 +529,7 @@ def analysis_sums(
             select(
                 func.count().label("deliveries"),
                 *(func.coalesce(func.sum(d.c[c]), 0).label(c) for c in cols),
-            ).where(d.c.id.in_(delivery_ids_started(since, until)))
+            ).where(in_scope(d.c.id, delivery_id, since, until))
         )
         .mappings()
         .one()
