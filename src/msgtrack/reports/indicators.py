@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -76,14 +78,13 @@ def delivery_indicators(
         if header is None:
             return None
         counters = store.indicator_counters(conn, delivery_id)
-        rows = store.domain_rows(conn, delivery_id)
-        aliases = store.domain_alias_map(conn, [r.domain.lower() for r in rows])
+        domains = domain_table(conn, delivery_id, None, None)
     out: dict[str, Any] = {
         "delivery_id": header.id,
         "name": header.name,
         "state": header.state,
         **computed(counters, header.to_deliver),
-        "domains": domain_table(rows, aliases),
+        "domains": domains,
     }
     return out
 
@@ -114,48 +115,32 @@ def build(conn: Connection, scope: Scope, query: ReportQuery) -> dict[str, Any] 
             return None
     else:
         totals = reports_store.indicator_totals(conn, scope.since, scope.until)
-        rows = [
-            store.DomainRow(r.domain, int(r.sent), int(r.complaints), int(r.opens), int(r.clicks))
-            for r in reports_store.domain_totals(conn, scope.since, scope.until)
-        ]
-        aliases = store.domain_alias_map(conn, [r.domain.lower() for r in rows])
         data = {
             "deliveries": totals["deliveries"],
             **computed(totals, totals["to_deliver"]),
-            "domains": domain_table(rows, aliases),
+            "domains": domain_table(conn, None, scope.since, scope.until),
         }
     data["scope"] = scope.describe()
     return data
 
 
-def domain_table(rows: list[store.DomainRow], aliases: dict[str, str]) -> list[dict[str, Any]]:
+def domain_table(
+    conn: Connection, delivery_id: int | None, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
     """Per domain, aliases merged under their domain, biggest senders first, the ones
     beyond the top 20 summed as ``others``."""
-    merged: dict[str, list[int]] = {}
-    for r in rows:
-        name = r.domain.lower()
-        name = aliases.get(name, name)
-        sums = merged.setdefault(name, [0, 0, 0, 0])
-        sums[0] += r.sent
-        sums[1] += r.complaints
-        sums[2] += r.opens
-        sums[3] += r.clicks
-    ordered = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))
-    if len(ordered) > TOP_DOMAINS:
-        rest = [0, 0, 0, 0]
-        for _, sums in ordered[TOP_DOMAINS:]:
-            rest = [a + b for a, b in zip(rest, sums, strict=True)]
-        ordered = [*ordered[:TOP_DOMAINS], (OTHERS, rest)]
+    shown, rest = store.top_domains(conn, delivery_id, since, until, TOP_DOMAINS)
+    rows = [*shown, replace(rest, domain=OTHERS)] if rest is not None else shown
     return [
         {
-            "domain": name,
-            "sent": sent,
-            "complaints": complaints,
-            "opens": opens,
-            "clicks": clicks,
-            "raw_reactivity": rate(clicks, opens),
+            "domain": r.domain,
+            "sent": r.sent,
+            "complaints": r.complaints,
+            "opens": r.opens,
+            "clicks": r.clicks,
+            "raw_reactivity": rate(r.clicks, r.opens),
         }
-        for name, (sent, complaints, opens, clicks) in ordered
+        for r in rows
     ]
 
 

@@ -238,23 +238,3 @@ def indicator_totals(
     ).scalar_one()
     deliveries_count = conn.execute(select(func.count()).select_from(ids.subquery())).scalar_one()
     return {**row, "to_deliver": int(to_deliver), "deliveries": int(deliveries_count)}
-
-
-def domain_totals(
-    conn: Connection, since: datetime | None, until: datetime | None
-) -> list[RowMapping]:
-    """Per-domain sums over the deliveries in range."""
-    t = domain_stats
-    return list(
-        conn.execute(
-            select(
-                t.c.domain,
-                func.sum(t.c.sent).label("sent"),
-                func.sum(t.c.complaints).label("complaints"),
-                func.sum(t.c.opens).label("opens"),
-                func.sum(t.c.clicks).label("clicks"),
-            )
-            .where(t.c.delivery_id.in_(deliveries_in_range(since, until)))
-            .group_by(t.c.domain)
-        ).mappings()
-    )

@@ -726,17 +726,54 @@ class DomainRow:
     clicks: int
 
 
-def domain_rows(conn: Connection, delivery_id: int) -> list[DomainRow]:
+DOMAIN_COUNTS = ("sent", "complaints", "opens", "clicks")
+
+
+def top_domains(
+    conn: Connection,
+    delivery_id: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    top: int,
+) -> tuple[list[DomainRow], DomainRow | None]:
+    """The per-domain table of the indicators over one delivery or the deliveries started
+    in [since, until): aliases merged under their domain, the ``top`` biggest senders
+    (most sent, then by name), and the sum of all the others (None when there are none).
+
+    A delivery to a million addresses can have tens of thousands of domains: the database
+    sums them and returns only the biggest; the few domains the alias table names are
+    merged here."""
     t = domain_stats
-    rows = conn.execute(
-        select(t.c.domain, t.c.sent, t.c.complaints, t.c.opens, t.c.clicks).where(
-            t.c.delivery_id == delivery_id
-        )
-    )
-    return [
-        DomainRow(r.domain, int(r.sent), int(r.complaints), int(r.opens), int(r.clicks))
-        for r in rows
+    scoped = send_stats.in_scope(t.c.delivery_id, delivery_id, since, until)
+    aliases = send_stats.alias_map(conn)
+    merged = sorted(set(aliases) | {d.lower() for d in aliases.values()})
+    sums = [func.coalesce(func.sum(t.c[c]), 0).label(c) for c in DOMAIN_COUNTS]
+    totals = conn.execute(select(*sums).where(scoped)).one()
+
+    def per_domain(*where: Any) -> Any:
+        return select(t.c.domain, *sums).where(scoped, *where).group_by(t.c.domain)
+
+    groups: dict[str, list[int]] = {}
+    alone = per_domain(t.c.domain.not_in(merged)).subquery()
+    count = int(conn.execute(select(func.count()).select_from(alone)).scalar_one())
+    biggest = select(alone).order_by(alone.c.sent.desc(), alone.c.domain).limit(top)
+    for rows in (conn.execute(biggest), conn.execute(per_domain(t.c.domain.in_(merged)))):
+        for domain, *values in rows:
+            name = aliases.get(str(domain).lower(), str(domain).lower())
+            if name not in groups:
+                if domain.lower() in merged:
+                    count += 1  # a merged group counts once, like a domain
+                groups[name] = [0] * len(DOMAIN_COUNTS)
+            groups[name] = [a + int(b) for a, b in zip(groups[name], values, strict=True)]
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
+    shown = [DomainRow(name, *values) for name, values in ordered]
+    if count <= top:
+        return shown, None
+    rest = [
+        int(v) - sum(getattr(r, c) for r in shown)
+        for v, c in zip(totals, DOMAIN_COUNTS, strict=True)
     ]
+    return shown, DomainRow("", *rest)
 
 
 def set_domain_alias(conn: Connection, alias: str, domain: str) -> None:
@@ -747,20 +784,6 @@ def set_domain_alias(conn: Connection, alias: str, domain: str) -> None:
         {"alias": alias.strip().lower(), "domain": domain.strip().lower()},
         ["alias"],
     )
-
-
-def domain_alias_map(conn: Connection, domains: Iterable[str]) -> dict[str, str]:
-    """alias -> domain for the given domains that are aliases."""
-    t = domain_aliases
-    out: dict[str, str] = {}
-    for chunk in _chunks(sorted(set(domains))):
-        out.update(
-            {
-                a: d
-                for a, d in conn.execute(select(t.c.alias, t.c.domain).where(t.c.alias.in_(chunk)))
-            }
-        )
-    return out
 
 
 def recipient_id_by_email(conn: Connection, email: str) -> int | None:
