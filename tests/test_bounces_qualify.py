@@ -1,9 +1,11 @@
 """Parsing and qualification of bounces, complaints and auto-replies, without a
 database: the fixture set (tests/fixtures/bounces) covers every reason and the usual
-formats (DSN, ARF, qmail, Exim, Sendmail, Exchange, Yahoo, several languages)."""
+formats (DSN, ARF, qmail, Exim, Sendmail, Exchange, Yahoo, several languages); the real
+bounces of tests/fixtures/bounces-real keep the verdicts recorded beside them."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -37,7 +39,7 @@ EXPECTED = {
     "text_portuguese_user_unknown.eml": ("joao@correio.example", None, "user_unknown", "hard"),
     "dsn_o365_policy.eml": ("reader@outlook.example", "5.7.1", "rejected", "soft"),
     "dsn_unreachable.eml": ("late@example.net", "4.4.1", "unreachable", "soft"),
-    "dsn_delayed.eml": ("later@example.net", "4.4.1", "ignored", "ignored"),
+    "dsn_delayed.eml": ("later@example.net", "4.4.1", "unreachable", "ignored"),
     "dsn_delivered.eml": ("happy@example.com", "2.0.0", "ignored", "ignored"),
     "dsn_to_qualify.eml": ("odd@example.com", "5.0.0", "to_qualify", "soft"),
     "text_qmail_user_unknown.eml": ("nobody@recipient.example", "5.1.1", "user_unknown", "hard"),
@@ -192,3 +194,58 @@ def test_cli_qualify_json(tmp_path: Path) -> None:
     }
     assert out[0]["file"] == str(single) and out[0]["reply_code"] == "550"
     assert not (tmp_path / "home").exists() or not list((tmp_path / "home").glob("*.db"))
+
+
+# -- real bounces ------------------------------------------------------------------------
+
+REAL = Path(__file__).parent / "fixtures" / "bounces-real"
+#: One folder per source, each with its licence (see the README there).
+REAL_SOURCES = ("flufl.bounce", "bounced", "baunsu")
+
+
+def _real_files() -> list[str]:
+    return sorted(
+        p.relative_to(REAL).as_posix()
+        for p in REAL.glob("*/*")
+        if p.is_file() and not p.name.upper().startswith(("LICENSE", "NOTICE", "README"))
+    )
+
+
+def _real_expected() -> dict[str, list[tuple[str, str, str, str]]]:
+    """file -> [(recipient, status, reason, type)] from expected.csv."""
+    out: dict[str, list[tuple[str, str, str, str]]] = {}
+    with open(REAL / "expected.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["file"], []).append(
+                (row["recipient"], row["status"], row["reason"], row["type"])
+            )
+    return out
+
+
+def test_real_bounce_set_is_complete() -> None:
+    """Every committed sample has its expected verdicts, every source its licence, and
+    the set covers what the classifier must handle."""
+    expected = _real_expected()
+    assert _real_files() == sorted(expected)
+    assert len(expected) >= 40
+    for source in REAL_SOURCES:
+        assert (REAL / source / "LICENSE").is_file()
+        assert any(name.startswith(f"{source}/") for name in expected)
+    assert (REAL / "README.md").is_file()
+    rows = [row for rows in expected.values() for row in rows]
+    assert {reason for _, _, reason, _ in rows} == set(REASONS)
+    # Delay warnings: the reason says why the message is late, the type that it counts
+    # for nothing; auto-replies and success reports stay reason ignored.
+    assert sum(r[2:] == ("unreachable", "ignored") for r in rows) >= 5
+    assert sum(r[2:] == ("ignored", "ignored") for r in rows) >= 3
+
+
+@pytest.mark.parametrize("name", sorted(_real_expected()))
+def test_real_bounce_keeps_its_verdict(name: str) -> None:
+    """Real bounces of many mail systems (flufl.bounce, bounced and baunsu's test
+    samples): the verdicts recorded in expected.csv, compared with Sisimai's by
+    benchmarks/bench_bounce_agreement.py, must not move without a deliberate change
+    (rewrite the file with its --write-expected and read the diff)."""
+    verdicts = qualify_message((REAL / name).read_bytes())
+    got = [(v.recipient or "", v.status or "", v.reason, v.type) for v in verdicts]
+    assert got == _real_expected()[name]

@@ -129,6 +129,7 @@ def _utc(value: datetime | None) -> datetime | None:
 # Whatever select goes in comes out, with its columns: a scope only adds WHERE clauses.
 SelectT = TypeVar("SelectT", bound=Select)
 
+
 def _scoped(
     stmt: SelectT,
     delivery_id: int | None,

@@ -14,6 +14,7 @@ into objects, several times slower, and bounces need none of that.
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -43,7 +44,7 @@ SYSTEM_SENDERS = re.compile(
 )
 BOUNCE_SUBJECTS = re.compile(
     r"undeliver|undelivered|"
-    r"delivery (status notification|failure|failed|has failed|problem|report)|"
+    r"delivery (status notification|failure|failed|has failed|problem|report|warning)|"
     r"failure notice|returned mail|mail delivery (failed|failure|system)|returned to sender|"
     r"could not be delivered|nondeliverable|non[- ]delivery|delivery notification|"
     r"message not delivered|mail system error|permanent error|"
@@ -74,10 +75,15 @@ AUTOREPLY_SUBJECTS = re.compile(
 )
 ORIGINAL_MARKER = re.compile(
     r"^\s*(-{2,}.*(origin|copy of|returned message|message (text|headers)|undelivered message|"
-    r"headers? of)|.*below this line is a copy|original message follows|"
+    r"headers? of)|.*below this line is a copy|"
+    r"original message (follows|details|headers|as received)|"
     r"(received|return-path|message-id|x-original-to): )",
     re.I | re.M,
 )
+
+
+#: The line before an address is a quoted header of the original ("Your message\n To: …").
+QUOTED_HEADER = re.compile(r"(?:^|\n)[^\S\n]*(?:to|cc|from|sender|reply-to)[^\S\n]*:[^\n]*\Z", re.I)
 
 
 @dataclass(frozen=True)
@@ -160,14 +166,18 @@ def parse_bounce(data: bytes) -> Bounce:
         or report == "delivery-status"
     ):
         bounce.kind = "text"
-        bounce.failures = _text_failures(text, _own_addresses(msg), _senders(original))
+        bounce.failures = _named_failures(
+            msg, _text_failures(text, _own_addresses(msg), _senders(original))
+        )
         return bounce
     if _is_autoreply(msg, subject):
         bounce.kind = "autoreply"
         return bounce
     if BOUNCE_MARKERS.search(text):
         bounce.kind = "text"
-        bounce.failures = _text_failures(text, _own_addresses(msg), _senders(original))
+        bounce.failures = _named_failures(
+            msg, _text_failures(text, _own_addresses(msg), _senders(original))
+        )
     return bounce
 
 
@@ -248,7 +258,7 @@ def _human_text(msg: Message) -> str:
         if ctype == "text/plain":
             texts.append(_decoded(part))
         elif ctype == "text/html":
-            htmls.append(TAGS.sub(" ", _decoded(part)))
+            htmls.append(html.unescape(TAGS.sub(" ", _decoded(part))))
     return "\n".join(texts or htmls).replace("\r\n", "\n")
 
 
@@ -276,7 +286,8 @@ def _dsn_failures(part: Message) -> list[Failure]:
                 action=(str(block.get("Action") or "").strip().lower() or None),
             )
         )
-    return out
+    # One record per failure: an alias loop repeats the same recipient block.
+    return list(dict.fromkeys(out))
 
 
 def _typed_value(value: object) -> str | None:
@@ -328,6 +339,8 @@ def _text_failures(text: str, own: set[str], senders: set[str]) -> list[Failure]
             continue
         seen.add(address)
         found.append((address, m.start(), m.end()))
+    if len(found) > 1:  # the original's headers quoted in the notice ("  To: x@y")
+        found = [f for f in found if not QUOTED_HEADER.search(notice, 0, f[1])] or found
     if len(found) > 1:  # the original's sender, named beside the failed recipients
         found = [f for f in found if f[0] not in senders] or found
     if not found:
@@ -341,6 +354,30 @@ def _text_failures(text: str, own: set[str], senders: set[str]) -> list[Failure]
         ):
             segment = _clean(notice)[:1000]
         out.append(Failure(address, find_status(segment), find_reply_code(segment), segment))
+    return out
+
+
+def _named_failures(msg: Message, failures: list[Failure]) -> list[Failure]:
+    """Exim and Gmail name the failed recipients in ``X-Failed-Recipients``: trust it
+    over addresses picked from the text (a quoted ``To:``, a bare local part)."""
+    named = [
+        a.lower() for a in ADDRESS_RE.findall(" ".join(msg.get_all("X-Failed-Recipients") or []))
+    ]
+    if not named:
+        return failures
+    by_address = {f.recipient: f for f in failures if f.recipient in named}
+    anonymous = [f for f in failures if f.recipient not in by_address]
+    out = []
+    for address in dict.fromkeys(named):
+        f = by_address.get(address)
+        if f is None:
+            base = anonymous[0] if len(anonymous) == 1 or anonymous and len(named) == 1 else None
+            f = (
+                Failure(address, base.status, base.reply_code, base.diagnostic, base.action)
+                if base is not None
+                else Failure(address, None, None, failures[0].diagnostic if failures else "")
+            )
+        out.append(f)
     return out
 
 
@@ -393,8 +430,11 @@ def _decoded_header(value: object) -> str:
     """A header with its RFC 2047 encoded words decoded."""
     if value is None:
         return ""
+    text = str(value)
+    if "=?" not in text:  # no encoded word: the stdlib's decoding would return it as is
+        return _clean(text)
     try:
-        return _clean(str(make_header(decode_header(str(value)))))
+        return _clean(str(make_header(decode_header(text))))
     except (MessageError, ValueError, LookupError, UnicodeError):
         return _clean(str(value))
 

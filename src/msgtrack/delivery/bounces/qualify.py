@@ -1,9 +1,12 @@
 """From a parsed message to one verdict per failed recipient: reason and type.
 
 Complaints, auto-replies and success reports are qualified by what they are, not by
-rules: a complaint is ``complaint`` (it denylists), the others ``ignored``. Every
-failure goes through the rule table: its own remote text first, and the notice's
-whole text when that alone says nothing the rules recognize.
+rules: a complaint is ``complaint`` (it denylists), the others ``ignored``. A delay
+warning (a DSN whose action is ``delayed``, or a notice that the MTA will retry) is
+``unreachable`` of type ``ignored``: informational, it changes no message status and
+counts toward no quarantine. Every failure goes through the rule table: its own remote
+text first (the notice's text when it has none), and the notice's whole text when that
+alone says nothing the rules recognize.
 """
 
 from __future__ import annotations
@@ -50,13 +53,22 @@ def qualify_bounce(bounce: Bounce, rules: RuleTable | None = None) -> list[Verdi
         return [Verdict(None, None, None, "to_qualify", "ignored", _short(bounce.subject))]
     out = []
     for f in bounce.failures:
-        if f.action == "delayed" or (f.action or "") in ("delivered", "relayed", "expanded"):
+        if (f.action or "") in ("delivered", "relayed", "expanded"):
             out.append(
                 Verdict(f.recipient, f.status, f.reply_code, "ignored", "ignored", f.diagnostic)
             )
             continue
-        verdict = table.qualify(f.status, f.reply_code, f.diagnostic)
-        if verdict.reason == "to_qualify" and bounce.text and f.diagnostic != bounce.text:
+        if f.action == "delayed":  # the reason says why it is late; changes nothing
+            out.append(
+                Verdict(f.recipient, f.status, f.reply_code, "unreachable", "ignored", f.diagnostic)
+            )
+            continue
+        # A DSN block without a Diagnostic-Code: the notice's own text explains it
+        # better than the bare status code (5.1.10 is a null MX or, at Office 365, an
+        # unknown recipient).
+        text = f.diagnostic or bounce.text[:4000]
+        verdict = table.qualify(f.status, f.reply_code, text)
+        if verdict.reason == "to_qualify" and bounce.text and text != bounce.text[:4000]:
             verdict = table.qualify(f.status, f.reply_code, bounce.text[:4000])
         diagnostic = f.diagnostic or _short(" ".join(bounce.text.split()))
         out.append(
