@@ -376,3 +376,56 @@ def test_a_sending_delivery_dashboard_refreshes_itself(
         )
     page = client.get(f"/deliveries/{scenario.delivery_id}").text
     assert '<meta http-equiv="refresh" content="5">' in page
+
+
+def test_the_deliveries_list_pages_with_a_keyset(ctx: Context) -> None:
+    """Every delivery once, in order, page after page, whatever the sort; a cursor that
+    is not ours is refused. Names repeat, so ties on the sort key are crossed by id."""
+    names = ["Beta", "alpha", "Gamma", "beta"]
+    with ctx.engine.begin() as conn:
+        ids = [
+            add_delivery(conn, names[i % 4], state=("sent", "draft")[i % 2]).id for i in range(23)
+        ]
+        token = create_api_token(conn)
+        set_user(conn, "ada", PASSWORD)
+    client = TestClient(create_app(ctx), base_url="http://testserver")
+    api = {"Authorization": f"Bearer {token}"}
+    everything = client.get("/api/deliveries", params={"limit": 500}, headers=api).json()
+    assert [r["id"] for r in everything] == sorted(ids, reverse=True)
+    for sort in ("id", "name", "created", "state"):
+        for order in ("asc", "desc"):
+            whole = client.get(
+                "/api/deliveries", params={"sort": sort, "order": order, "limit": 500}, headers=api
+            ).json()
+            seen: list[int] = []
+            url: str | None = f"/api/deliveries?sort={sort}&order={order}&limit=5"
+            while url:
+                answer = client.get(url, headers=api)
+                assert answer.status_code == 200
+                page = answer.json()
+                assert 0 < len(page) <= 5
+                seen += [r["id"] for r in page]
+                link = answer.headers.get("link")
+                url = link[1 : link.index(">")] if link else None
+            assert seen == [r["id"] for r in whole], (sort, order)
+            assert sorted(seen) == sorted(ids)
+    by_name = client.get("/api/deliveries", params={"sort": "name", "limit": 500}, headers=api)
+    values = [(r["name"], r["id"]) for r in by_name.json()]
+    assert values == sorted(values, reverse=True)
+    for bad in ("nope", "W10", "WyJ4IiwgMV0", "WzEsMl0"):
+        answer = client.get("/api/deliveries", params={"after": bad}, headers=api)
+        assert answer.status_code == 400, bad
+    # The page: a next link while there is more, then a way back to the first page.
+    sign_in(client)
+    first = client.get("/deliveries")
+    assert first.text.count('<tr data-id="') == 23 and 'rel="next"' not in first.text
+    for n in range(30):
+        with ctx.engine.begin() as conn:
+            add_delivery(conn, f"More {n}")
+    first = client.get("/deliveries")
+    assert first.text.count('<tr data-id="') == 50
+    next_href = re.search(r'href="(/deliveries\?[^"]+)" rel="next"', first.text)
+    assert next_href is not None
+    second = client.get(next_href.group(1).replace("&amp;", "&"))
+    assert second.text.count('<tr data-id="') == 3 and 'rel="first"' in second.text
+    assert client.get("/deliveries?after=garbage").status_code == 400

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -30,35 +32,67 @@ def _plain(row: Any) -> dict[str, Any]:
     return {k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(row).items()}
 
 
+def list_cursor(sort: str, row: dict[str, Any]) -> str:
+    """Where the next page of the deliveries list starts: the row's sort key and id."""
+    key = {"created": "created_at"}.get(sort, sort)
+    body = json.dumps([row[key], row["id"]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def read_list_cursor(sort: str, cursor: str) -> tuple[Any, int]:
+    """ValueError when the cursor is not one of ours (for this sort)."""
+    try:
+        value, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        raise ValueError("not a deliveries cursor") from None
+    if not isinstance(last_id, int) or isinstance(last_id, bool) or not 0 < last_id < 2**63:
+        raise ValueError("not a deliveries cursor")
+    if sort == "id":
+        if value != last_id:
+            raise ValueError("not a deliveries cursor")
+    elif sort == "created":
+        if not isinstance(value, str):
+            raise ValueError("not a deliveries cursor")
+        value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            raise ValueError("cursor without a time zone")
+    elif not isinstance(value, str):
+        raise ValueError("not a deliveries cursor")
+    return value, last_id
+
+
 def delivery_list(
     conn_or_engine: Connection | Engine,
     *,
     search: str = "",
     sort: str = "id",
     descending: bool = True,
-    page: int = 1,
+    after: str | None = None,
     limit: int = 50,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the deliveries list and the cursor of the next one (None at the end);
+    ValueError for a cursor that is not one of ours."""
+    start = read_list_cursor(sort, after) if after else None
     with connection(conn_or_engine) as conn:
         rows = store.deliveries_page(
-            conn, search=search, sort=sort, descending=descending, page=page, limit=limit
+            conn, search=search, sort=sort, descending=descending, after=start, limit=limit + 1
         )
-    return [_plain(r) for r in rows]
+    page = [_plain(r) for r in rows[:limit]]
+    return page, list_cursor(sort, page[-1]) if len(rows) > limit else None
 
 
 def iter_delivery_list(
     engine: Engine, *, search: str, sort: str, descending: bool
 ) -> Iterator[dict[str, Any]]:
     """Every matching delivery, a page at a time (for exports)."""
-    page = 1
+    after = None
     while True:
-        rows = delivery_list(
-            engine, search=search, sort=sort, descending=descending, page=page, limit=EXPORT_PAGE
+        rows, after = delivery_list(
+            engine, search=search, sort=sort, descending=descending, after=after, limit=EXPORT_PAGE
         )
         yield from rows
-        if len(rows) < EXPORT_PAGE:
+        if after is None:
             return
-        page += 1
 
 
 def delivery_dashboard(

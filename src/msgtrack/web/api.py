@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, Literal, get_args
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -91,28 +92,42 @@ def api_router(state: WebState) -> APIRouter:
 
     @router.get("/deliveries", response_model=None)
     async def deliveries(
+        response: Response,
         q: str = Query("", max_length=200, description="Part of the name."),
         sort: Literal["id", "name", "created", "state"] = "id",
         order: Literal["asc", "desc"] = "desc",
-        page: int = Query(1, ge=1, le=1_000_000),
+        after: str | None = Query(
+            None, max_length=1000, description="The cursor of the next page (its Link header)."
+        ),
         limit: int = Query(50, ge=1, le=500),
         format: Format = "json",
     ) -> list[dict[str, Any]] | Response:
-        """Deliveries, searched by name, sorted, a page at a time."""
+        """Deliveries, searched by name, sorted, a page at a time: the next page's
+        address is in the ``Link: <…>; rel="next"`` header (keyset paging)."""
+        descending = order == "desc"
         if format == "csv":
             rows = reports.iter_delivery_list(
-                ctx.reader, search=q, sort=sort, descending=order == "desc"
+                ctx.reader, search=q, sort=sort, descending=descending
             )
             return csv_response(DELIVERY_COLUMNS, rows, "deliveries.csv")
-        return await asyncio.to_thread(
-            reports.delivery_list,
-            ctx.reader,
-            search=q,
-            sort=sort,
-            descending=order == "desc",
-            page=page,
-            limit=limit,
-        )
+        try:
+            page, cursor = await asyncio.to_thread(
+                reports.delivery_list,
+                ctx.reader,
+                search=q,
+                sort=sort,
+                descending=descending,
+                after=after,
+                limit=limit,
+            )
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        if cursor is not None:
+            query = urlencode(
+                {"q": q, "sort": sort, "order": order, "limit": limit, "after": cursor}
+            )
+            response.headers["Link"] = f'</api/deliveries?{query}>; rel="next"'
+        return page
 
     @router.get("/deliveries/{delivery_id}", response_model=None)
     async def dashboard(

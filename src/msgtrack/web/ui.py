@@ -126,26 +126,24 @@ def ui_router(state: WebState) -> APIRouter:
 
     @router.get("/deliveries")
     async def deliveries(
-        request: Request,
-        q: str = "",
-        sort: str = "id",
-        order: str = "desc",
-        page_number: int = 1,
+        request: Request, q: str = "", sort: str = "id", order: str = "desc", after: str = ""
     ) -> Response:
         session = session_of(request)
         if sort not in reports.store.DELIVERY_SORTS:
             sort = "id"
         descending = order != "asc"
-        page_number = max(1, min(page_number, 1_000_000))
-        rows = await asyncio.to_thread(
-            reports.delivery_list,
-            ctx.reader,
-            search=q[:200],
-            sort=sort,
-            descending=descending,
-            page=page_number,
-            limit=50,
-        )
+        try:
+            rows, cursor = await asyncio.to_thread(
+                reports.delivery_list,
+                ctx.reader,
+                search=q[:200],
+                sort=sort,
+                descending=descending,
+                after=after[:1000] or None,
+                limit=50,
+            )
+        except ValueError:
+            raise HTTPException(400, "this page's address is not one of ours") from None
         query = {"q": q, "sort": sort, "order": "desc" if descending else "asc"}
         return page(
             "deliveries.html",
@@ -154,13 +152,8 @@ def ui_router(state: WebState) -> APIRouter:
             q=q,
             sort=sort,
             descending=descending,
-            page_number=page_number,
-            next_query=urlencode({**query, "page_number": page_number + 1})
-            if len(rows) == 50
-            else None,
-            prev_query=urlencode({**query, "page_number": page_number - 1})
-            if page_number > 1
-            else None,
+            next_query=urlencode({**query, "after": cursor}) if cursor else None,
+            first_query=urlencode(query) if after else None,
             csv_query=urlencode({**query, "format": "csv"}),
         )
 
