@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import dataclass
 
@@ -429,3 +430,81 @@ def test_the_deliveries_list_pages_with_a_keyset(ctx: Context) -> None:
     second = client.get(next_href.group(1).replace("&amp;", "&"))
     assert second.text.count('<tr data-id="') == 3 and 'rel="first"' in second.text
     assert client.get("/deliveries?after=garbage").status_code == 400
+
+
+def try_sign_in(client: TestClient, name: str, password: str) -> str:
+    """Where the sign-in form sends the browser: /deliveries, or the form again."""
+    form = client.get("/signin")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    answer = client.post(
+        "/signin",
+        data={"csrf": csrf.group(1), "username": name, "password": password},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    return str(answer.headers["location"])
+
+
+def test_sessions_end_on_sign_out_new_password_and_removal(
+    ctx: Context, env: dict[str, str]
+) -> None:
+    from click.testing import CliRunner
+
+    from msgtrack.cli import main
+
+    with ctx.engine.begin() as conn:
+        set_user(conn, "ada", PASSWORD)
+        set_user(conn, "bob", PASSWORD)
+    app = create_app(ctx)
+    laptop, phone = TestClient(app), TestClient(app)
+    csrf = sign_in(laptop)
+    sign_in(phone)
+    stolen = laptop.cookies["msgtrack_session"]
+    # Signing out ends that session for good: the same cookie opens nothing any more.
+    out = laptop.post("/signout", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303
+    thief = TestClient(app)
+    thief.cookies.set("msgtrack_session", stolen)
+    assert thief.get("/api/deliveries").status_code == 401
+    assert thief.get("/deliveries", follow_redirects=False).status_code == 303
+    assert phone.get("/api/deliveries").status_code == 200  # the other session lives on
+    # A new password signs the user out everywhere.
+    runner = CliRunner()
+    saved = runner.invoke(
+        main, ["users", "add", "ada", "--password-stdin"], input="another long one\n", env=env
+    )
+    assert saved.exit_code == 0, saved.output
+    assert phone.get("/api/deliveries").status_code == 401
+    # Removing a user ends its sessions too.
+    bob = TestClient(app)
+    sign_in(bob, "bob")
+    assert bob.get("/api/deliveries").status_code == 200
+    listed = runner.invoke(main, ["users", "list", "--json"], env=env)
+    assert [u["name"] for u in json.loads(listed.output)] == ["ada", "bob"]
+    removed = runner.invoke(main, ["users", "remove", "bob"], env=env)
+    assert removed.exit_code == 0, removed.output
+    assert bob.get("/api/deliveries").status_code == 401
+    assert runner.invoke(main, ["users", "remove", "bob"], env=env).exit_code != 0
+    assert try_sign_in(TestClient(app), "bob", PASSWORD) == "/signin?error=1"
+
+
+def test_repeated_failed_sign_ins_are_throttled(ctx: Context) -> None:
+    with ctx.engine.begin() as conn:
+        set_user(conn, "ada", PASSWORD)
+        set_user(conn, "bob", PASSWORD)
+    client = TestClient(create_app(ctx))
+    for _ in range(5):
+        assert try_sign_in(client, "ada", "guess guess") == "/signin?error=1"
+    # Even the right password waits now: the attacker cannot tell.
+    refused = client.get("/signin")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', refused.text)
+    assert csrf is not None
+    answer = client.post(
+        "/signin", data={"csrf": csrf.group(1), "username": "ADA", "password": PASSWORD}
+    )
+    assert answer.status_code == 429 and int(answer.headers["retry-after"]) > 0
+    assert "msgtrack_session" not in client.cookies
+    # Another user is not locked out by ada's attacker (below the per-address limit).
+    assert try_sign_in(client, "bob", PASSWORD) == "/deliveries"
+    assert client.get("/api/deliveries").status_code == 200

@@ -138,6 +138,35 @@ def users_add(name: str, password_stdin: bool) -> None:
     click.echo(f"user {name} saved")
 
 
+@users.command("remove")
+@click.argument("name")
+def users_remove(name: str) -> None:
+    """Remove a user; its sessions end at once."""
+    from msgtrack.storage.users import remove_user
+
+    ctx = _context()
+    with ctx.engine.begin() as conn:
+        if not remove_user(conn, name):
+            _fail(f"no user {name}")
+    click.echo(f"user {name} removed")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def users_list(as_json: bool) -> None:
+    """The users of the web UI."""
+    from msgtrack.storage.users import user_names
+
+    ctx = _context()
+    with ctx.reader.connect() as conn:
+        rows = user_names(conn)
+    if as_json:
+        _print_json([{"name": n, "created_at": c} for n, c in rows])
+        return
+    for n, c in rows:
+        click.echo(f"{n}\t{c}")
+
+
 @main.group()
 def recipients() -> None:
     """Recipient profiles."""

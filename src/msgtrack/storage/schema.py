@@ -459,3 +459,16 @@ users = Table(
     Column("password_hash", String(200), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+# Signed-in sessions of the web UI: the cookie holds a random token, the table its hash,
+# so signing out (or removing the user, or changing the password) ends it for good.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_web_sessions_user", "user_id"),
+)

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from msgtrack.storage.schema import users
+from msgtrack.storage.sessions import end_user_sessions
 from msgtrack.storage.types import utcnow
 
 _hasher = PasswordHasher()
@@ -27,15 +28,33 @@ class User:
 
 
 def set_user(conn: Connection, name: str, password: str) -> None:
-    """Create the user, or set a new password when it exists."""
+    """Create the user, or set a new password when it exists (which signs the user out
+    everywhere: whoever knew the old one is out)."""
     password_hash = _hasher.hash(password)
-    changed = conn.execute(
-        update(users).where(users.c.name == name).values(password_hash=password_hash)
-    ).rowcount
-    if not changed:
+    user_id = conn.execute(select(users.c.id).where(users.c.name == name)).scalar_one_or_none()
+    if user_id is None:
         conn.execute(
             insert(users).values(name=name, password_hash=password_hash, created_at=utcnow())
         )
+        return
+    conn.execute(update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+    end_user_sessions(conn, int(user_id))
+
+
+def remove_user(conn: Connection, name: str) -> bool:
+    """Remove the user and end its sessions; False when there is no such user."""
+    user_id = conn.execute(select(users.c.id).where(users.c.name == name)).scalar_one_or_none()
+    if user_id is None:
+        return False
+    end_user_sessions(conn, int(user_id))
+    conn.execute(delete(users).where(users.c.id == user_id))
+    return True
+
+
+def user_names(conn: Connection) -> list[tuple[str, str]]:
+    """(name, creation time ISO) of every user, by name."""
+    rows = conn.execute(select(users.c.name, users.c.created_at).order_by(users.c.name))
+    return [(name, created.isoformat()) for name, created in rows]
 
 
 def authenticate(conn: Connection, name: str, password: str) -> User | None:

@@ -48,7 +48,7 @@ def admin_router(state: WebState) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     def session_of(request: Request) -> Session:
-        session = state.signer.read(request.cookies.get(SESSION_COOKIE))
+        session = state.sessions.read(request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise SignInRequired()
         return session

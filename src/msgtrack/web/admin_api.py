@@ -61,7 +61,7 @@ def admin_api_router(state: WebState) -> APIRouter:
             if await asyncio.to_thread(_check_token, token):
                 return
             raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
-        session = state.signer.read(request.cookies.get(SESSION_COOKIE))
+        session = state.sessions.read(request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise HTTPException(401, "missing API token", headers={"WWW-Authenticate": "Bearer"})
         if request.method not in ("GET", "HEAD") and not same_token(

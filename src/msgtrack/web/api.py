@@ -67,7 +67,7 @@ def api_router(state: WebState) -> APIRouter:
             if await asyncio.to_thread(_check_token, token):
                 return
             raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
-        if state.signer.read(request.cookies.get(SESSION_COOKIE)) is not None:
+        if state.sessions.read(request.cookies.get(SESSION_COOKIE)) is not None:
             return
         raise HTTPException(401, "missing API token", headers={"WWW-Authenticate": "Bearer"})
 

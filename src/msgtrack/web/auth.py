@@ -1,28 +1,31 @@
-"""Sign-in sessions in a signed cookie, CSRF tokens, and who may call the API.
+"""Sign-in sessions, sign-in throttling, CSRF tokens, and who may call the API.
 
-The session cookie holds ``user id, expiry, CSRF token`` signed with HMAC-SHA256 under a
-random key kept in the home (``session.key``), so a session survives restarts and needs
-no table. Every form carries the session's CSRF token; the sign-in form, which comes
-before any session, uses a double-submit cookie instead.
+The session cookie holds a random token; the session (user, CSRF token, expiry) lives in
+the database (``storage.sessions``), so signing out ends it for good and removing a user
+or changing a password signs that user out everywhere. Every form carries the session's
+CSRF token; the sign-in form, which comes before any session, uses a double-submit
+cookie instead. Repeated failed sign-ins for one name or from one address are refused for
+a while, so passwords cannot be guessed at the speed of the server.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
-import os
-import secrets
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 
 from fastapi import Request
+from sqlalchemy.engine import Engine
+
+from msgtrack.storage import sessions as store
 
 SESSION_COOKIE = "msgtrack_session"
 LOGIN_CSRF_COOKIE = "msgtrack_signin_csrf"
 SESSION_SECONDS = 12 * 3600
+MAX_COOKIE = 200  # a token is 43 characters: anything much longer is not ours
 
 
 @dataclass(frozen=True)
@@ -30,59 +33,77 @@ class Session:
     user_id: int
     user_name: str
     csrf: str
-    expires: int
 
 
-def load_session_key(path: Path) -> bytes:
-    """The signing key, created (mode 0600) on first use."""
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-        return bytes.fromhex(key)
-    except FileExistsError:  # pragma: no cover - another process created it meanwhile
-        return bytes.fromhex(path.read_text().strip())
+class Sessions:
+    """Sessions of the web UI, read on every private request (one indexed lookup)."""
 
+    def __init__(self, engine: Engine, reader: Engine) -> None:
+        self._engine = engine
+        self._reader = reader
 
-class SessionSigner:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def _mac(self, payload: bytes) -> str:
-        digest = hmac.new(self._key, payload, hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-    def issue(self, user_id: int, user_name: str) -> tuple[str, Session]:
-        session = Session(
-            user_id, user_name, secrets.token_urlsafe(24), int(time.time()) + SESSION_SECONDS
-        )
-        body = json.dumps(
-            [session.user_id, session.user_name, session.csrf, session.expires],
-            separators=(",", ":"),
-        ).encode()
-        payload = base64.urlsafe_b64encode(body).decode().rstrip("=")
-        return f"{payload}.{self._mac(payload.encode())}", session
+    def issue(self, user_id: int) -> tuple[str, Session]:
+        """A new session: (the cookie's value, the session)."""
+        with self._engine.begin() as conn:
+            token, row = store.create_session(conn, user_id, timedelta(seconds=SESSION_SECONDS))
+        return token, Session(row.user_id, row.user_name, row.csrf)
 
     def read(self, cookie: str | None) -> Session | None:
-        """The session of a cookie with a valid signature that has not expired."""
-        if not cookie or "." not in cookie:
+        """The live session of a cookie, or None."""
+        if not cookie or len(cookie) > MAX_COOKIE:
             return None
-        payload, _, mac = cookie.rpartition(".")
-        if not hmac.compare_digest(mac, self._mac(payload.encode())):
-            return None
-        try:
-            user_id, name, csrf, expires = json.loads(
-                base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-            )
-        except ValueError:
-            return None
-        if int(expires) < time.time():
-            return None
-        return Session(int(user_id), str(name), str(csrf), int(expires))
+        with self._reader.connect() as conn:
+            row = store.session_of(conn, cookie)
+        return None if row is None else Session(row.user_id, row.user_name, row.csrf)
+
+    def end(self, cookie: str) -> None:
+        with self._engine.begin() as conn:
+            store.end_session(conn, cookie)
+
+
+class SignInThrottle:
+    """Failed sign-ins remembered for ``window`` seconds: past ``per_name`` failures for
+    one user name, or ``per_address`` from one client address, sign-in is refused until
+    the oldest failure ages out. In memory, per process (``msgtrack serve`` is one)."""
+
+    def __init__(self, per_name: int = 5, per_address: int = 30, window: float = 900.0) -> None:
+        self.limits = {"name": per_name, "address": per_address}
+        self.window = window
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        times = self._failures.get(key, deque())
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            self._failures.pop(key, None)
+        return times
+
+    def wait_seconds(self, name: str, address: str) -> int:
+        """0 when a sign-in may be tried now, else how long to wait."""
+        now = time.monotonic()
+        wait = 0.0
+        with self._lock:
+            for kind, value in (("name", name.lower()), ("address", address)):
+                times = self._recent((kind, value), now)
+                if len(times) >= self.limits[kind]:
+                    wait = max(wait, times[0] + self.window - now)
+        return int(wait) + 1 if wait else 0
+
+    def failed(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._failures) > 100_000:  # a flood of names: forget the oldest half
+                for key in list(self._failures)[:50_000]:
+                    del self._failures[key]
+            for key in (("name", name.lower()), ("address", address)):
+                self._recent(key, now)
+                self._failures.setdefault(key, deque()).append(now)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(("name", name.lower()), None)
 
 
 def same_token(expected: str | None, given: str | None) -> bool:

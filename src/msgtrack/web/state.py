@@ -1,4 +1,4 @@
-"""What the API and the pages share: the context, the session signer, the templates and
+"""What the API and the pages share: the context, the sessions, the templates and
 the time zone in which they show days and hours."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from msgtrack.context import Context
 from msgtrack.reports import catalog, indicators
-from msgtrack.web.auth import SessionSigner, load_session_key
+from msgtrack.web.auth import Sessions, SignInThrottle
 
 HERE = Path(__file__).parent
 
@@ -20,7 +20,8 @@ HERE = Path(__file__).parent
 @dataclass
 class WebState:
     ctx: Context
-    signer: SessionSigner
+    sessions: Sessions
+    throttle: SignInThrottle
     templates: Environment
     zone: ZoneInfo
     secure_cookies: bool
@@ -48,5 +49,5 @@ class WebState:
         env.globals["timezone"] = zone.key
         env.globals["reports"] = catalog.available()  # the tabs
         env.globals["indicator_rows"] = indicators.ROWS
-        key = load_session_key(ctx.settings.home / "session.key")
-        return cls(ctx, SessionSigner(key), env, zone, ctx.settings.is_https)
+        sessions = Sessions(ctx.engine, ctx.reader)
+        return cls(ctx, sessions, SignInThrottle(), env, zone, ctx.settings.is_https)

@@ -51,7 +51,7 @@ def ui_router(state: WebState) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     def session_of(request: Request) -> Session:
-        session = state.signer.read(request.cookies.get(SESSION_COOKIE))
+        session = state.sessions.read(request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise SignInRequired()
         return session
@@ -96,6 +96,14 @@ def ui_router(state: WebState) -> APIRouter:
         if not same_token(request.cookies.get(LOGIN_CSRF_COOKIE), form.get("csrf")):
             raise HTTPException(403, "missing or wrong CSRF token")
         name, password = form.get("username", ""), form.get("password", "")
+        address = request.client.host if request.client else ""
+        wait = state.throttle.wait_seconds(name, address)
+        if wait:
+            return HTMLResponse(
+                f"Too many failed sign-ins: try again in {wait} seconds.",
+                429,
+                headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
+            )
 
         def check() -> Any:
             with ctx.engine.begin() as conn:
@@ -103,8 +111,11 @@ def ui_router(state: WebState) -> APIRouter:
 
         user = await asyncio.to_thread(check) if name and password else None
         if user is None:
+            if name:
+                state.throttle.failed(name, address)
             return RedirectResponse("/signin?error=1", 303)
-        cookie, _ = state.signer.issue(user.id, user.name)
+        state.throttle.succeeded(name)
+        cookie, _ = await asyncio.to_thread(state.sessions.issue, user.id)
         response = RedirectResponse("/deliveries", 303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -120,6 +131,7 @@ def ui_router(state: WebState) -> APIRouter:
     @router.post("/signout")
     async def signout(request: Request) -> Response:
         await checked_form(request, session_of(request))
+        await asyncio.to_thread(state.sessions.end, request.cookies.get(SESSION_COOKIE, ""))
         response = RedirectResponse("/signin", 303)
         response.delete_cookie(SESSION_COOKIE)
         return response
