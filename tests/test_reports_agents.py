@@ -251,11 +251,11 @@ def test_reports_count_what_the_events_say(ctx: Context) -> None:
     scope = Scope(s.delivery.id, None, None, PARIS)
     with ctx.engine.connect() as conn:
         for report, dimension in ((browsers, "browser"), (operating_systems, "os")):
-            data = report.build(conn, scope, ReportQuery())
+            data = report.REPORT.build(conn, scope, ReportQuery())
             assert data is not None and data["timezone"] == "Europe/Paris"
             check_dimension(data, expected(dimension, HITS, PARIS))
         # Days in UTC differ: carol's 23:30 open is on the first day.
-        data = browsers.build(
+        data = browsers.REPORT.build(
             conn, Scope(s.delivery.id, None, None, ZoneInfo("UTC")), ReportQuery()
         )
         assert data is not None
@@ -280,7 +280,7 @@ def test_reports_count_what_the_events_say(ctx: Context) -> None:
             breakdown_of_opens.build(conn, scope, ReportQuery(view="nonsense"))
         missing = Scope(10**9, None, None, PARIS)
         for report in (browsers, operating_systems, breakdown_of_opens):
-            assert report.build(conn, missing, ReportQuery()) is None
+            assert report.REPORT.build(conn, missing, ReportQuery()) is None
 
 
 def snapshot(ctx: Context, delivery_id: int) -> dict[str, Any]:
@@ -317,7 +317,7 @@ def test_recompute_equals_incremental_even_when_earlier_events_arrive_late(
     assert incremental["buckets"] and incremental["visitors"]
     scope = Scope(s.delivery.id, None, None, PARIS)
     with ctx.engine.connect() as conn:
-        data = browsers.build(conn, scope, ReportQuery())
+        data = browsers.REPORT.build(conn, scope, ReportQuery())
     assert data is not None
     check_dimension_rows = expected("browser", [*late, *early], PARIS)["names"]
     assert {

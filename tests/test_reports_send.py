@@ -722,53 +722,31 @@ def test_beyond_twenty_domains_the_rest_is_others(
 
 
 @pytest.fixture
-def real_site(
+def site(
     ctx: Context, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, Sent]]:
-    """``msgtrack serve`` on this scenario's database, shown in Paris. The scenario is
-    built in a thread of its own: Playwright's loop runs in this one, and sending runs
-    its own."""
+    """``msgtrack serve`` on this scenario's database, shown in Paris (the browser
+    fixtures' ``page`` opens it). The scenario is built in a thread of its own:
+    Playwright's loop runs in this one, and sending runs its own."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from helpers import free_port, running
+    from browser_fixtures import serving
 
     with ThreadPoolExecutor(1) as pool:
         sent = pool.submit(build_sent, ctx, tmp_path, monkeypatch).result()
-    port = free_port()
-    with running(
-        {**env, "MSGTRACK_TIMEZONE": "Europe/Paris"},
-        "serve",
-        "--port",
-        str(port),
-        port=port,
-        output=tmp_path / "serve.log",
-    ):
-        yield f"http://127.0.0.1:{port}", sent
-
-
-@pytest.fixture
-def real_page(browser: Any, real_site: tuple[str, Sent]) -> Iterator[Any]:
-    context = browser.new_context(base_url=real_site[0], accept_downloads=True)
-    context.set_default_timeout(10_000)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: problems.append(str(e)))
-    tab.problems = problems
-    yield tab
-    context.close()
+    with serving(env, tmp_path) as base:
+        yield base, sent
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_pages_show_what_the_api_says(real_page: Any, real_site: tuple[str, Sent]) -> None:
+def test_pages_show_what_the_api_says(page: Any, site: tuple[str, Sent]) -> None:
     import httpx
 
     from browser_fixtures import shoot
     from browser_fixtures import sign_in as browser_sign_in
     from test_web_browser_reports import check_page
 
-    base, sent = real_site
-    page = real_page
+    base, sent = site
     api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {sent.token}"}, timeout=10)
     browser_sign_in(page)
     d = f"/deliveries/{sent.first}"

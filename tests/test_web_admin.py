@@ -24,8 +24,8 @@ from msgtrack.storage.auth import create_api_token
 from msgtrack.storage.quarantine import QuarantinePolicy, record_failure
 from msgtrack.storage.users import set_user
 from msgtrack.web.app import create_app
+from test_web_api import PASSWORD, sign_in
 
-PASSWORD = "correct horse battery"
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 TO_QUALIFY = FIXTURES / "dsn_to_qualify.eml"  # "554 Transaction failed for reasons we…"
 EVIL_TEXT = "554 <script>alert('text')</script> refused for 1234567 reasons"
@@ -86,22 +86,6 @@ def build_admin_scenario(ctx: Context) -> AdminScenario:
         + [f"u{i:03d}@bulk.example" for i in range(BULK)]
     )
     return AdminScenario(token, listed)
-
-
-def sign_in(client: TestClient) -> str:
-    """Sign in through the form; returns the session's CSRF token."""
-    form = client.get("/signin")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf is not None
-    done = client.post(
-        "/signin",
-        data={"csrf": csrf.group(1), "username": "ada", "password": PASSWORD},
-        follow_redirects=False,
-    )
-    assert done.status_code == 303
-    found = re.search(r'name="csrf" value="([^"]+)"', client.get("/quarantine").text)
-    assert found is not None
-    return found.group(1)
 
 
 def version_of(client: TestClient) -> str:

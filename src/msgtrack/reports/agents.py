@@ -17,8 +17,9 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from msgtrack.reports.indicators import rate
-from msgtrack.reports.registry import ReportQuery, Scope
+from msgtrack.reports.registry import Report, ReportQuery, Scope
 from msgtrack.storage import agents as store
+from msgtrack.storage.tracking import delivery_header
 
 CHART_SERIES = 5  # names drawn in the history chart; the rest is one "Others" series
 OTHERS = "Others"
@@ -116,3 +117,19 @@ def _history(
             chart_days.append({"day": day.isoformat(), "pages": pages.get(day, [0] * len(names))})
             day += timedelta(days=1)
     return history, {"names": names, "days": chart_days}
+
+
+def dimension_report(name: str, title: str, dimension: str) -> Report:
+    """The report of one dimension ('browser' or 'os') of ``agent_buckets``."""
+
+    def build(conn: Connection, scope: Scope, query: ReportQuery) -> dict[str, Any] | None:
+        if scope.delivery_id is not None and delivery_header(conn, scope.delivery_id) is None:
+            return None
+        return build_dimension(conn, scope, query, dimension)
+
+    return Report(
+        name=name,
+        title=title,
+        build=build,
+        tables={"rows": ROW_COLUMNS, "versions": VERSION_COLUMNS, "history": HISTORY_COLUMNS},
+    )

@@ -1,26 +1,6 @@
 """Operating systems report (SPEC §7): visitors, pages and usage rate per system and per major
 version, and the history per day, from ``agent_buckets`` (see ``reports.agents``)."""
 
-from __future__ import annotations
+from msgtrack.reports.agents import dimension_report
 
-from typing import Any
-
-from sqlalchemy.engine import Connection
-
-from msgtrack.reports.agents import HISTORY_COLUMNS, ROW_COLUMNS, VERSION_COLUMNS, build_dimension
-from msgtrack.reports.registry import Report, ReportQuery, Scope
-from msgtrack.storage.tracking import delivery_header
-
-
-def build(conn: Connection, scope: Scope, query: ReportQuery) -> dict[str, Any] | None:
-    if scope.delivery_id is not None and delivery_header(conn, scope.delivery_id) is None:
-        return None
-    return build_dimension(conn, scope, query, "os")
-
-
-REPORT = Report(
-    name="operating-systems",
-    title="Operating systems",
-    build=build,
-    tables={"rows": ROW_COLUMNS, "versions": VERSION_COLUMNS, "history": HISTORY_COLUMNS},
-)
+REPORT = dimension_report("operating-systems", "Operating systems", "os")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import Response
 
 from msgtrack.delivery.bounces.rulefile import COLUMNS as RULE_COLUMNS
@@ -19,8 +19,7 @@ from msgtrack.delivery.bounces.rulefile import RuleSet, live_rules, read_ruleset
 from msgtrack.delivery.bounces.rules import REASONS
 from msgtrack.reports import failures
 from msgtrack.reports import quarantine as quarantines
-from msgtrack.storage.auth import api_token_exists
-from msgtrack.web.auth import SESSION_COOKIE, bearer_token, same_token
+from msgtrack.web.auth import api_access
 from msgtrack.web.csv import csv_response
 from msgtrack.web.state import WebState
 
@@ -50,25 +49,7 @@ def admin_api_router(state: WebState) -> APIRouter:
     ctx = state.ctx
     rules_now = live_rules(ctx.settings)
 
-    def _check_token(token: str) -> bool:
-        with ctx.reader.connect() as conn:
-            return api_token_exists(conn, token)
-
-    async def require_access(request: Request) -> None:
-        """An API token, or a signed-in session (with its CSRF header on a POST)."""
-        token = bearer_token(request)
-        if token is not None:
-            if await asyncio.to_thread(_check_token, token):
-                return
-            raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
-        session = state.sessions.read(request.cookies.get(SESSION_COOKIE))
-        if session is None:
-            raise HTTPException(401, "missing API token", headers={"WWW-Authenticate": "Bearer"})
-        if request.method not in ("GET", "HEAD") and not same_token(
-            session.csrf, request.headers.get("x-csrf-token")
-        ):
-            raise HTTPException(403, "missing or wrong X-CSRF-Token header")
-
+    require_access = api_access(state.sessions, state.ctx.reader)
     router = APIRouter(prefix="/api", dependencies=[Depends(require_access)])
 
     @router.get("/settings/bounce-rules", response_model=None)

@@ -11,15 +11,14 @@ import asyncio
 from typing import Any, Literal, get_args
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 
 from msgtrack.reports import deliveries as reports
 from msgtrack.reports.indicators import delivery_indicators
 from msgtrack.reports.recipients import recipient_tracking
 from msgtrack.reports.registry import REPORT_NAMES
-from msgtrack.storage.auth import api_token_exists
-from msgtrack.web.auth import SESSION_COOKIE, bearer_token
+from msgtrack.web.auth import api_access
 from msgtrack.web.csv import csv_response
 from msgtrack.web.reporting import ReportParams, csv_rows, find_report, make_scope, run_report
 from msgtrack.web.state import WebState
@@ -56,21 +55,7 @@ def _valid_id(delivery_id: int) -> int:
 def api_router(state: WebState) -> APIRouter:
     ctx = state.ctx
 
-    def _check_token(token: str) -> bool:
-        with ctx.reader.connect() as conn:
-            return api_token_exists(conn, token)
-
-    async def require_access(request: Request) -> None:
-        """An API token, or the session cookie of a signed-in user."""
-        token = bearer_token(request)
-        if token is not None:
-            if await asyncio.to_thread(_check_token, token):
-                return
-            raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
-        if state.sessions.read(request.cookies.get(SESSION_COOKIE)) is not None:
-            return
-        raise HTTPException(401, "missing API token", headers={"WWW-Authenticate": "Bearer"})
-
+    require_access = api_access(state.sessions, state.ctx.reader)
     router = APIRouter(prefix="/api", dependencies=[Depends(require_access)])
 
     @router.get("/deliveries/{delivery_id}/indicators")

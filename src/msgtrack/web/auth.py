@@ -10,17 +10,20 @@ a while, so passwords cannot be guessed at the speed of the server.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from sqlalchemy.engine import Engine
 
 from msgtrack.storage import sessions as store
+from msgtrack.storage.auth import api_token_exists
 
 SESSION_COOKIE = "msgtrack_session"
 LOGIN_CSRF_COOKIE = "msgtrack_signin_csrf"
@@ -114,3 +117,28 @@ def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def api_access(sessions: Sessions, reader: Engine) -> Callable[[Request], Awaitable[None]]:
+    """The dependency of every API route: an API token, or a signed-in session (with the
+    session's X-CSRF-Token header on anything but a GET)."""
+
+    def token_exists(token: str) -> bool:
+        with reader.connect() as conn:
+            return api_token_exists(conn, token)
+
+    async def require_access(request: Request) -> None:
+        token = bearer_token(request)
+        if token is not None:
+            if await asyncio.to_thread(token_exists, token):
+                return
+            raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
+        session = sessions.read(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            raise HTTPException(401, "missing API token", headers={"WWW-Authenticate": "Bearer"})
+        if request.method not in ("GET", "HEAD") and not same_token(
+            session.csrf, request.headers.get("x-csrf-token")
+        ):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token header")
+
+    return require_access
