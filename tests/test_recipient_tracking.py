@@ -103,3 +103,49 @@ def test_clicks_of_a_recipient_newest_first(ctx: Context) -> None:
                 "delivery_name": "Spring",
             }
         ]
+
+
+def test_a_heavy_clicker_pages_with_a_keyset(ctx: Context) -> None:
+    """250 clicks (some at the same second): the profile shows 100 at a time, newest
+    first, every click once; the CSV export has them all, in the same order."""
+    import csv
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from msgtrack.storage.auth import create_api_token
+    from msgtrack.web.app import create_app
+
+    with ctx.engine.begin() as conn:
+        d = add_delivery(conn, "Busy", links=[("https://example.org/a", "A")])
+        rid = add_recipient(conn, "busy@example.org")
+        mid = add_message(conn, d.id, rid, "busy@example.org")
+        token = create_api_token(conn)
+    events = [ev("click", d, mid, T0 + i // 2, url_id=d.links[0], visitor="v") for i in range(250)]
+    events.append(ev("open", d, mid, T0 + 500))  # not a click
+    write_segment(ctx.settings.events_dir, "n1-busy-000001.log", events, sealed=True)
+    ingest_once(ctx)
+    everything = recipient_tracking(ctx.engine, "busy@example.org")
+    assert everything is not None and len(everything) == 250
+    client = TestClient(create_app(ctx))
+    api = {"Authorization": f"Bearer {token}"}
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"clicks_before": cursor} if cursor else {}
+        answer = client.get("/api/recipients/busy@example.org", params=params, headers=api)
+        assert answer.status_code == 200
+        data = answer.json()
+        seen += [c["clicked_at"] for c in data["clicks"]]
+        pages += 1
+        cursor = data["clicks_next"]
+        if cursor is None:
+            break
+    assert pages == 3 and seen == [c["clicked_at"] for c in everything]
+    assert seen == sorted(seen, reverse=True)
+    exported = client.get("/api/recipients/busy@example.org?format=csv", headers=api)
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [r["clicked_at"] for r in rows] == seen
+    bad = client.get("/api/recipients/busy@example.org?clicks_before=nope", headers=api)
+    assert bad.status_code == 400

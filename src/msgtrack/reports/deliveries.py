@@ -245,15 +245,41 @@ def iter_tracking(
 
 
 def recipient_profile(
-    conn_or_engine: Connection | Engine, email: str, *, limit: int = 100
+    conn_or_engine: Connection | Engine,
+    email: str,
+    *,
+    limit: int = 100,
+    clicks_before: str | None = None,
 ) -> dict[str, Any] | None:
-    """The recipient, their latest messages and every click (the tracking tab)."""
-    from msgtrack.reports.recipients import recipient_tracking
+    """The recipient, their latest messages and a page of their clicks (the tracking
+    tab), newest first, with the cursor of the next, older page (``clicks_next``);
+    ValueError for a cursor that is not one of ours."""
+    from msgtrack.reports.recipients import click_json, recipient_clicks
 
+    before = decode_cursor(clicks_before) if clicks_before else None
     with connection(conn_or_engine) as conn:
         recipient = store.recipient_by_email(conn, email)
         if recipient is None:
             return None
         messages = store.recipient_messages(conn, recipient["id"], limit)
-        clicks = recipient_tracking(conn, email) or []
-    return {**_plain(recipient), "messages": [_plain(m) for m in messages], "clicks": clicks}
+        clicks = recipient_clicks(conn, email, before=before, limit=limit + 1) or []
+    last = clicks[limit - 1] if len(clicks) > limit else None
+    return {
+        **_plain(recipient),
+        "messages": [_plain(m) for m in messages],
+        "clicks": [click_json(c) for c in clicks[:limit]],
+        "clicks_next": encode_cursor(last.clicked_at, last.id) if last else None,
+    }
+
+
+def iter_recipient_clicks(engine: Engine, email: str) -> Iterator[dict[str, Any]]:
+    """Every click of a recipient, newest first, a page at a time (for exports)."""
+    from msgtrack.reports.recipients import click_json, recipient_clicks
+
+    before = None
+    while True:
+        page = recipient_clicks(engine, email, before=before, limit=EXPORT_PAGE) or []
+        yield from (click_json(c) for c in page)
+        if len(page) < EXPORT_PAGE:
+            return
+        before = (page[-1].clicked_at, page[-1].id)

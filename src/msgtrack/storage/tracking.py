@@ -795,6 +795,7 @@ def recipient_id_by_email(conn: Connection, email: str) -> int | None:
 
 @dataclass(frozen=True)
 class ClickRow:
+    id: int
     url: str
     label: str
     clicked_at: datetime
@@ -802,12 +803,20 @@ class ClickRow:
     delivery_name: str
 
 
-def clicks_of_recipient(conn: Connection, recipient_id: int) -> list[ClickRow]:
-    """Every click of a recipient in the deliveries still present, newest first; the URL
-    is the destination they reached (personalized when it was)."""
+def clicks_of_recipient(
+    conn: Connection,
+    recipient_id: int,
+    *,
+    before: tuple[datetime, int] | None = None,
+    limit: int | None = None,
+) -> list[ClickRow]:
+    """The clicks of a recipient in the deliveries still present, newest first, the
+    ``limit`` before ``before`` (a keyset on (at, id) along the (recipient_id, at)
+    index); the URL is the destination they reached (personalized when it was)."""
     t, u, d = tracking_logs, tracked_urls, deliveries
-    rows = conn.execute(
+    stmt = (
         select(
+            t.c.id,
             func.coalesce(t.c.url, u.c.url).label("url"),
             func.coalesce(u.c.label, "").label("label"),
             t.c.at,
@@ -820,4 +829,12 @@ def clicks_of_recipient(conn: Connection, recipient_id: int) -> list[ClickRow]:
         .where(t.c.recipient_id == recipient_id, t.c.type == "click")
         .order_by(t.c.at.desc(), t.c.id.desc())
     )
-    return [ClickRow(r.url or "", r.label, r.at, int(r.delivery_id), r.name) for r in rows]
+    if before is not None:
+        at, last_id = before
+        stmt = stmt.where(or_(t.c.at < at, and_(t.c.at == at, t.c.id < last_id)))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [
+        ClickRow(int(r.id), r.url or "", r.label, r.at, int(r.delivery_id), r.name)
+        for r in conn.execute(stmt)
+    ]

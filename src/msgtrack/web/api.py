@@ -201,14 +201,26 @@ def api_router(state: WebState) -> APIRouter:
         return await report_answer(report, None, params)
 
     @router.get("/recipients/{email}", response_model=None)
-    async def recipient(email: str, format: Format = "json") -> dict[str, Any] | Response:
-        """A recipient's profile, latest messages and every click (its tracking tab;
-        the CSV is the clicks)."""
-        result = await asyncio.to_thread(reports.recipient_profile, ctx.reader, email)
+    async def recipient(
+        email: str,
+        clicks_before: str | None = Query(
+            None, max_length=100, description="The cursor of older clicks (clicks_next)."
+        ),
+        format: Format = "json",
+    ) -> dict[str, Any] | Response:
+        """A recipient's profile, latest messages and their clicks (its tracking tab),
+        100 at a time, newest first; the CSV is every click, streamed."""
+        try:
+            result = await asyncio.to_thread(
+                reports.recipient_profile, ctx.reader, email, clicks_before=clicks_before
+            )
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
         if result is None:
             raise HTTPException(404, "no such recipient")
         if format == "csv":
-            return csv_response(CLICK_COLUMNS, result["clicks"], "recipient-tracking.csv")
+            rows = reports.iter_recipient_clicks(ctx.reader, email)
+            return csv_response(CLICK_COLUMNS, rows, "recipient-tracking.csv")
         return result
 
     return router

@@ -332,11 +332,16 @@ def ui_router(state: WebState) -> APIRouter:
         return RedirectResponse("/reports/indicators", 303)
 
     @router.get("/recipients/{email}")
-    async def recipient(request: Request, email: str) -> Response:
+    async def recipient(request: Request, email: str, before: str = "") -> Response:
         session = session_of(request)
-        data = await asyncio.to_thread(reports.recipient_profile, ctx.reader, email)
+        try:
+            data = await asyncio.to_thread(
+                reports.recipient_profile, ctx.reader, email, clicks_before=before[:100] or None
+            )
+        except ValueError:
+            raise HTTPException(400, "this page's address is not one of ours") from None
         if data is None:
             raise HTTPException(404, "no such recipient")
-        return page("recipient.html", session, r=data)
+        return page("recipient.html", session, r=data, older=bool(before))
 
     return router
