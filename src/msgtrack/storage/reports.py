@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, RowMapping
 
+from msgtrack.storage.keyset import beyond
 from msgtrack.storage.schema import (
     deliveries,
     delivery_indicators,
@@ -59,10 +60,7 @@ def deliveries_page(
         stmt = stmt.where(func.lower(d.c.name).like(f"%{escaped}%", escape="\\"))
     if after is not None:
         value, last_id = after
-        if descending:
-            stmt = stmt.where(or_(key < value, and_(key == value, d.c.id < last_id)))
-        else:
-            stmt = stmt.where(or_(key > value, and_(key == value, d.c.id > last_id)))
+        stmt = stmt.where(beyond(key, d.c.id, value, last_id, descending=descending))
     order = [key.desc(), d.c.id.desc()] if descending else [key.asc(), d.c.id.asc()]
     return list(conn.execute(stmt.order_by(*order).limit(limit)).mappings())
 
@@ -178,7 +176,7 @@ def tracking_page(
         stmt = stmt.where(t.c.type == event_type)
     if before is not None:
         at, last_id = before
-        stmt = stmt.where(or_(t.c.at < at, and_(t.c.at == at, t.c.id < last_id)))
+        stmt = stmt.where(beyond(t.c.at, t.c.id, at, last_id, descending=True))
     return list(conn.execute(stmt.order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)).mappings())
 
 

@@ -22,7 +22,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -30,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from msgtrack.storage import schema, send_stats
+from msgtrack.storage.keyset import beyond
 from msgtrack.storage.schema import (
     deliveries,
     delivery_indicators,
@@ -669,7 +669,7 @@ def logged_events_page(
     ).where(t.c.delivery_id == delivery_id)
     if after is not None:
         at, last_id = after
-        stmt = stmt.where(or_(t.c.at > at, and_(t.c.at == at, t.c.id > last_id)))
+        stmt = stmt.where(beyond(t.c.at, t.c.id, at, last_id, descending=False))
     rows = conn.execute(stmt.order_by(t.c.at, t.c.id).limit(limit))
     return [
         LoggedEvent(
@@ -831,7 +831,7 @@ def clicks_of_recipient(
     )
     if before is not None:
         at, last_id = before
-        stmt = stmt.where(or_(t.c.at < at, and_(t.c.at == at, t.c.id < last_id)))
+        stmt = stmt.where(beyond(t.c.at, t.c.id, at, last_id, descending=True))
     if limit is not None:
         stmt = stmt.limit(limit)
     return [
