@@ -4,11 +4,17 @@
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
         python benchmarks/profile_tracking.py --kind returning --requests 2001
     valgrind --tool=callgrind ... --requests 1        # the fixed cost, to subtract
+    valgrind --tool=callgrind --instr-atstart=no \
+        python benchmarks/profile_tracking.py --kind open --requests 2000 --callgrind
 
 Why: wall-clock numbers on a shared 2-core machine move with the neighbours; the
 instruction count of the same requests through ``HttpProtocol`` (httptools, the app,
 the event log's ``write()``) with an in-memory transport does not. The difference
-between two runs (N+1 and 1 requests) divided by N is the cost of one request.
+between two runs (N+1 and 1 requests) divided by N is the cost of one request. Quicker:
+``--callgrind`` under ``--instr-atstart=no`` has only the request loop instrumented
+(``callgrind_control -i on`` / ``off`` around it), so the instructions valgrind reports
+("Collected") divided by N are the cost of one request, without running the start-up
+under the instrumentation.
 
 Like the wrk benchmark, the requests rotate through ``--tokens`` distinct signed click
 tokens (different message ids, each with its own session cookie), so no per-token
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,12 +90,22 @@ def raw_requests(visits: list[Visit], kind: str) -> list[bytes]:
     return out
 
 
+def _instrument(state: str) -> None:
+    """Turn callgrind's instrumentation of this process on or off."""
+    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument(
         "--kind", choices=("returning", "first", "open", "404"), default="returning"
+    )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="turn callgrind's instrumentation on only for the request loop",
     )
     args = parser.parse_args()
     env, visits = make_home(Path(tempfile.mkdtemp(prefix="msgtrack-profile-")), args.tokens)
@@ -106,11 +123,16 @@ def main() -> None:
     app.urls.find(1, 10)
     app.urls.find(1, 12)
     n = len(requests)
+    if args.callgrind:
+        _instrument("on")
     start = time.perf_counter()
     for i in range(args.requests):
         protocol.data_received(requests[i % n])
     elapsed = time.perf_counter() - start
+    if args.callgrind:
+        _instrument("off")
     event_log.close()
+    loop.close()
     print(
         f"{args.kind}: {args.requests} requests, {elapsed / max(args.requests, 1) * 1e6:.2f} µs "
         f"each, {transport.written} bytes answered, {event_log.stats['written']} events",

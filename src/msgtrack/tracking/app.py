@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from urllib.parse import parse_qs
 
 import msgtrack
 from msgtrack.links.addresses import PATHS, SESSION_COOKIE, VISITOR_COOKIE
-from msgtrack.links.sign import LinkToken, TokenError
+from msgtrack.links.sign import KeyRing, LinkToken, TokenError, b64url
 from msgtrack.tracking import pages
 from msgtrack.tracking.eventlog import EventLog
 from msgtrack.tracking.events import Event, encode_hit
@@ -53,10 +52,11 @@ OPT_OUT_PREFIX = PATHS["opt-out"]
 VISITOR_MAX_AGE = 400 * 24 * 3600  # browsers cap cookie lifetimes at 400 days
 USER_AGENT_MAX = 1024
 MIRROR_RENDERERS_CACHED = 64
-_VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
-_VISITOR_IN_COOKIE = re.compile(
-    r"(?:^|[;,]\s*)" + VISITOR_COOKIE + r"=([A-Za-z0-9_-]{22})(?=\s*(?:[;,]|$))"
-)
+# The visitor cookie first in the header, or after a separator: two patterns rather than
+# one starting with (?:^|[;,]\s*), which the regex engine has to try at every position.
+_VISITOR_VALUE = "=([A-Za-z0-9_-]{22})(?=\\s*(?:[;,]|$))"
+_VISITOR_FIRST = re.compile(VISITOR_COOKIE + _VISITOR_VALUE)
+_VISITOR_LATER = re.compile(r"[;,]\s*" + VISITOR_COOKIE + _VISITOR_VALUE)
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -64,6 +64,20 @@ Headers = tuple[tuple[bytes, bytes], ...]
 def owns_path(path: str) -> bool:
     """Is ``path`` one of the tracking server's?"""
     return path == HEALTH_PATH or path.startswith(TOKEN_PREFIXES)
+
+
+def _visitor(cookie: str | None) -> str | None:
+    """The visitor id the browser already carries, when well-formed."""
+    if not cookie:
+        return None
+    match = _VISITOR_FIRST.match(cookie) or _VISITOR_LATER.search(cookie)
+    return match.group(1) if match else None
+
+
+def _new_visitor_id() -> str:
+    """22 base64url characters of 16 random bytes (what ``secrets.token_urlsafe(16)``
+    gives, without its Python-level base64 wrappers)."""
+    return b64url(os.urandom(16))
 
 
 class Request:
@@ -108,19 +122,50 @@ _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason i
 
 class Response:
     """Status, headers (names in canonical case) and body. The HTTP layer adds
-    Content-Length (of ``body``, also for HEAD), Date and Connection."""
+    Content-Length (of ``body``, also for HEAD), Date and Connection.
 
-    __slots__ = ("status", "headers", "body", "_wire")
+    The click path builds its answer from the wire lines instead (``headers`` None,
+    ``wire`` the header lines ending with Content-Length): one join instead of header
+    pairs formatted line by line; ``headers`` parses them back for the ASGI adapter."""
 
-    def __init__(self, status: int, headers: Headers = (), body: bytes = b"") -> None:
+    __slots__ = ("status", "_headers", "body", "_wire")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers | None = (),
+        body: bytes = b"",
+        wire: bytes | None = None,
+    ) -> None:
         self.status = status
-        self.headers = headers
+        self._headers = headers
         self.body = body
-        self._wire: bytes | None = None
+        self._wire = wire
+
+    @property
+    def headers(self) -> Headers:
+        """(name, value) pairs, without Content-Length."""
+        headers = self._headers
+        if headers is None:
+            pairs = (line.split(b": ", 1) for line in self.wire_headers().splitlines())
+            headers = self._headers = tuple(
+                (name, value) for name, value in pairs if name != b"Content-Length"
+            )
+        return headers
 
     def wire_status(self) -> bytes:
         """The HTTP/1.1 status line."""
         return _STATUS_LINES.get(self.status) or b"HTTP/1.1 %d Status\r\n" % self.status
+
+    def wire(self, extra: bytes, last: bytes, head: bool) -> bytes:
+        """The whole answer: status line, ``extra`` header lines (the HTTP layer's Date,
+        Server), the headers with Content-Length, ``last`` (the Connection line and the
+        blank line), and the body unless answering HEAD."""
+        wire = self._wire
+        if wire is None:
+            wire = self.wire_headers()
+        status = _STATUS_LINES.get(self.status) or self.wire_status()
+        return b"".join((status, extra, wire, last, b"" if head else self.body))
 
     def wire_headers(self) -> bytes:
         """``Name: value`` lines of the headers and Content-Length, built once."""
@@ -181,7 +226,10 @@ MIRROR_HEADERS: Headers = (
     (b"Cache-Control", b"private, no-store"),
     (b"Referrer-Policy", b"no-referrer"),
 )
-_REDIRECT_CACHE = (b"Cache-Control", b"no-store")
+# A click's answer as header lines (``Response`` with ``wire``): Location, these, cookies.
+_NO_STORE_LINE = b"Cache-Control: no-store\r\n"
+_NO_BODY_LINE = b"Content-Length: 0\r\n"
+_REDIRECT_TAIL = _NO_STORE_LINE + _NO_BODY_LINE
 _JSON_HEADERS: Headers = ((b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"))
 
 
@@ -192,7 +240,7 @@ class TrackingApp:
     def __init__(self, ctx: Context, log: EventLog) -> None:
         self.ctx = ctx
         self.log = log
-        self.keyring = ctx.keyring
+        self._use_keyring(ctx.keyring)
         self._keys_file = ctx.settings.keys_file
         self._keys_stamp = self._stamp()
         self._keys_checked = time.monotonic()
@@ -203,10 +251,11 @@ class TrackingApp:
         self.rejected_tokens = 0
         secure = b"; Secure" if settings.is_https else b""
         attributes = b"; Path=/; HttpOnly; SameSite=Lax" + secure
-        # "name=%s; attributes": the value is filled in per click
-        visitor_tail = b"; Max-Age=%d%s" % (VISITOR_MAX_AGE, attributes)
-        self._visitor_cookie = VISITOR_COOKIE.encode() + b"=%s" + visitor_tail
-        self._session_cookie = SESSION_COOKIE.encode() + b"=%s" + attributes
+        # "Set-Cookie: name=" + value + "; attributes" lines: the value comes per click
+        self._visitor_head = b"Set-Cookie: %s=" % VISITOR_COOKIE.encode()
+        self._visitor_tail = b"; Max-Age=%d%s\r\n" % (VISITOR_MAX_AGE, attributes)
+        self._session_head = b"Set-Cookie: %s=" % SESSION_COOKIE.encode()
+        self._session_tail = attributes + b"\r\n"
         self._renderers: OrderedDict[int, _MirrorRenderer] = OrderedDict()
         self._renderers_lock = threading.Lock()
 
@@ -246,6 +295,11 @@ class TrackingApp:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
+    def _use_keyring(self, keyring: KeyRing) -> None:
+        self.keyring = keyring
+        # what a session cookie of the active key starts with (see _click)
+        self._session_prefix = f"{SESSION_COOKIE}={keyring.active}."
+
     def refresh_keys(self, force: bool = False) -> bool:
         """Reload the signing keys when ``keys.json`` changed (``keys rotate`` /
         ``keys retire`` from another process), looking at most once a second; a
@@ -264,7 +318,7 @@ class TrackingApp:
             # we have and look again later.
             log.error("signing keys not reloaded: %s", exc)
             return False
-        self.keyring = keyring
+        self._use_keyring(keyring)
         self._keys_stamp = stamp
         log.info("signing keys reloaded: %s", ", ".join(map(str, sorted(keyring.keys))))
         return True
@@ -275,8 +329,11 @@ class TrackingApp:
         """The answer, or None when the request needs ``await handle(req)``."""
         method = req.method
         path = req.path
-        head = method == "HEAD"
-        if method != "GET" and not head:
+        if method == "GET":
+            head = False
+        elif method == "HEAD":
+            head = True
+        else:
             if method == "POST" and path.startswith(OPT_OUT_PREFIX):
                 return None
             if path.startswith(OPT_OUT_PREFIX):
@@ -289,7 +346,7 @@ class TrackingApp:
             token = self.keyring.verify_link(path[3:])
         except TokenError:
             return self._reject(head)
-        url = self.urls.get(token.delivery_id, token.url_id)
+        url = self.urls.cached.get((token.delivery_id, token.url_id))
         if url is None:
             if self.urls.should_load(token.delivery_id):
                 return None
@@ -317,47 +374,47 @@ class TrackingApp:
         if url.type != kind:
             return self._reject(head)
         if kind == "click":
-            location = url.destination(token.values)
+            location = url.location_line(token.values)
             if location is None:
                 return self._reject(head)
             return self._click(token, location, req, head)
         if kind == "open":
             if not head:
-                self._log_hit("open", token, req, self._visitor(req.cookie))
+                self._log_hit("open", token, req, _visitor(req.cookie))
             return OPEN_GIF
         # opt-out visit: a page with the confirming form
         if not head:
-            self._log_hit("opt-out", token, req, self._visitor(req.cookie))
+            self._log_hit("opt-out", token, req, _visitor(req.cookie))
         return _page(200, pages.opt_out_confirmation(req.path))
 
-    def _click(self, token: LinkToken, location: str, req: Request, head: bool) -> Response:
-        # ASCII only: TrackedUrl templates are header-safe (no CR/LF, no controls).
-        location_header = (b"Location", location.encode("ascii"))
+    def _click(self, token: LinkToken, location: bytes, req: Request, head: bool) -> Response:
+        """A 302 to ``location`` (a ``Location: ...`` line) setting the cookies; its
+        header lines are joined once (``Response`` with ``wire``)."""
         if head:
-            return Response(302, (location_header, _REDIRECT_CACHE))
-        visitor = self._visitor(req.cookie) or secrets.token_urlsafe(16)
+            return Response(302, None, b"", location + _REDIRECT_TAIL)
+        cookie = req.cookie
+        visitor = _visitor(cookie) or _new_visitor_id()
         # False means dropped and counted: the person still goes on
         self._log_hit("click", token, req, visitor, token.values)
-        visitor_cookie = (b"Set-Cookie", self._visitor_cookie % visitor.encode())
-        keyring = self.keyring
-        cookie = req.cookie
         # A returning visitor already holding this message's session cookie (signed by
         # the active key) keeps it: it is verified where it is read, so there is
         # nothing to gain from signing it again on every click.
-        if cookie is not None and (
-            f"{SESSION_COOKIE}={keyring.active}.{token.delivery_id}.{token.message_id}." in cookie
-        ):
-            return Response(302, (location_header, _REDIRECT_CACHE, visitor_cookie))
-        session = keyring.sign_session(token.delivery_id, token.message_id)
-        return Response(
-            302,
-            (
-                location_header,
-                _REDIRECT_CACHE,
-                visitor_cookie,
-                (b"Set-Cookie", self._session_cookie % session.encode()),
-            ),
+        delivery_id, message_id = token.delivery_id, token.message_id
+        if cookie is not None and f"{self._session_prefix}{delivery_id}.{message_id}." in cookie:
+            session = b""
+        else:
+            signed = self.keyring.sign_session(delivery_id, message_id).encode()
+            session = b"".join((self._session_head, signed, self._session_tail))
+        wire = (
+            location,
+            _NO_STORE_LINE,
+            self._visitor_head,
+            visitor.encode(),
+            self._visitor_tail,
+            session,
+            _NO_BODY_LINE,
         )
+        return Response(302, None, b"", b"".join(wire))
 
     def _log_hit(
         self,
@@ -370,27 +427,20 @@ class TrackingApp:
         """Write a click/open/opt-out/mirror event (the same line ``_event`` +
         ``encode_event`` give, built directly)."""
         ua = req.user_agent
+        delivery_id, message_id, url_id, _ = token
         return self.log.append_line(
             encode_hit(
                 time.time(),
                 kind,
-                token.delivery_id,
-                token.message_id,
-                token.url_id,
+                delivery_id,
+                message_id,
+                url_id,
                 visitor,
                 req.client,
                 ua[:USER_AGENT_MAX] if ua else None,
                 values,
             )
         )
-
-    @staticmethod
-    def _visitor(cookie: str | None) -> str | None:
-        """The visitor id the browser already carries, when well-formed."""
-        if not cookie or VISITOR_COOKIE not in cookie:
-            return None
-        match = _VISITOR_IN_COOKIE.search(cookie)
-        return match.group(1) if match else None
 
     def _event(
         self,
@@ -408,7 +458,7 @@ class TrackingApp:
             delivery_id=token.delivery_id,
             message_id=token.message_id,
             url_id=token.url_id,
-            visitor_id=visitor if visitor is not None else self._visitor(req.cookie),
+            visitor_id=visitor if visitor is not None else _visitor(req.cookie),
             ip=req.client,
             user_agent=ua[:USER_AGENT_MAX] if ua else None,
             values=values,
@@ -493,7 +543,7 @@ class TrackingApp:
         if html is None:
             return NOT_FOUND
         if not head:
-            self._log_hit("mirror", token, req, self._visitor(req.cookie))
+            self._log_hit("mirror", token, req, _visitor(req.cookie))
         return Response(200, MIRROR_HEADERS, html.encode("utf-8"))
 
     def _render_mirror(self, delivery_id: int, message_id: int) -> str | None:

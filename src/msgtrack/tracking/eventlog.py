@@ -96,10 +96,11 @@ class EventLog:
         self.fsync_interval = max(float(fsync_interval), 0.005)
         self.max_bytes = max(int(max_bytes), 1)
         self.max_age = float(max_age)
-        self.stats: dict[str, int] = {
-            "written": 0,  # lines appended
+        # lines appended and their bytes: attributes, one increment per event (``stats``)
+        self._written = 0
+        self._bytes = 0
+        self._counts: dict[str, int] = {
             "dropped": 0,  # events that could not be written
-            "bytes": 0,
             "segments": 0,  # segment files created
             "sealed": 0,  # segments finished with a .sealed marker
             "fsyncs": 0,
@@ -125,6 +126,13 @@ class EventLog:
         self._thread.start()
 
     # -- appending (request path) ------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: written (lines appended), dropped (events that could not be
+        written), bytes, segments (created), sealed, fsyncs, errors (failed writes,
+        fsyncs, rotations, seals). A snapshot."""
+        return {"written": self._written, "bytes": self._bytes, **self._counts}
 
     @property
     def segment(self) -> Path | None:
@@ -168,10 +176,10 @@ class EventLog:
 
     def _write(self, line: bytes) -> int:
         """Append ``line`` to the current segment (lock held); returns the fd used."""
-        if self._closed:
-            raise OSError(errno.EBADF, "event log closed")
         fd = self._fd
         if fd is None:
+            if self._closed:  # close() leaves no segment open
+                raise OSError(errno.EBADF, "event log closed")
             fd = self._open_segment()
         elif self._size and self._size + len(line) > self.max_bytes:
             fd = self._rotate()  # by size here; by age in the flusher (_sync_once)
@@ -182,8 +190,8 @@ class EventLog:
         self._size += written
         self._dirty = True
         self.failing = False
-        self.stats["written"] += 1
-        self.stats["bytes"] += written
+        self._written += 1
+        self._bytes += written
         return fd
 
     def _cut_torn_line(self, fd: int) -> None:
@@ -207,7 +215,7 @@ class EventLog:
             self._fd, self._path, self._size = fd, path, 0
             self._opened_at = time.monotonic()
             self._dir_dirty = True
-            self.stats["segments"] += 1
+            self._counts["segments"] += 1
             return fd
         raise OSError(errno.EEXIST, "no free segment name")
 
@@ -236,12 +244,12 @@ class EventLog:
         self._fd, self._path, self._size = None, None, 0
 
     def _dropped(self, exc: OSError) -> None:
-        self.stats["dropped"] += 1
+        self._counts["dropped"] += 1
         self.failing = True
         self._error(exc)
 
     def _error(self, exc: OSError) -> None:
-        self.stats["errors"] += 1
+        self._counts["errors"] += 1
         message = f"{exc.__class__.__name__}: {exc}"
         if message != self.last_error:  # log a failure once, not once per event
             log.error("event log: %s", message)
@@ -274,7 +282,7 @@ class EventLog:
         if fd is not None:
             try:
                 os.fsync(fd)
-                self.stats["fsyncs"] += 1
+                self._counts["fsyncs"] += 1
             except OSError as exc:
                 self._error(exc)
         if sync_dir:
@@ -289,7 +297,7 @@ class EventLog:
     def _seal(self, fd: int, path: Path) -> None:
         try:
             os.fsync(fd)
-            self.stats["fsyncs"] += 1
+            self._counts["fsyncs"] += 1
         except OSError as exc:
             self._error(exc)
         finally:
@@ -305,7 +313,7 @@ class EventLog:
             self._error(exc)
             self._unsealed.append(path)  # retried on the next round
             return
-        self.stats["sealed"] += 1
+        self._counts["sealed"] += 1
 
     def _fsync_directory(self) -> None:
         try:

@@ -7,7 +7,7 @@ One line per event::
 The CRC (of the JSON bytes) lets ingestion detect a torn or corrupted line and set it
 aside without stopping. The JSON object has short keys:
 
-    t   time, UTC, seconds since the epoch (float, microseconds)
+    t   time, UTC, seconds since the epoch (a number, to the microsecond)
     k   kind: click | open | opt-out | mirror | unsubscribe (| web | transaction later)
     d   delivery id          m   message id          u   tracked URL id
     v   visitor id (cookie) or null
@@ -56,16 +56,17 @@ def encode_event(event: Event) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
-# Same bytes as json.dumps(ensure_ascii=True, separators=(",", ":")) would give, built
-# directly: this runs once per click on the tracking server's hot path (~3x cheaper).
+# Same JSON as json.dumps(ensure_ascii=True, separators=(",", ":")) would give (but for
+# the time, always written with 6 decimals: "%.6f" is one correctly rounded conversion,
+# three times cheaper than repr(round(t, 6)), and reads back as the same float), built
+# directly: this runs once per click and open on the tracking server's hot path.
 _quote = json.encoder.encode_basestring_ascii
 
 
 def _fast_payload(event: Event) -> bytes:
     m, u, v, ip, ua = event.message_id, event.url_id, event.visitor_id, event.ip, event.user_agent
     parts = [
-        '{"t":',
-        repr(round(event.t, 6)),
+        f'{{"t":{event.t:.6f}',
         ',"k":',
         _quote(event.kind),
         ',"d":',
@@ -101,15 +102,14 @@ def encode_hit(
     values: tuple[str, ...] = (),
 ) -> bytes:
     """The line ``encode_event`` writes for a click, open, opt-out or mirror event,
-    without building an ``Event`` first (the tracking server's hot path)."""
-    v = "null" if visitor_id is None else _quote(visitor_id)
-    addr = "null" if ip is None else _quote(ip)
-    agent = "null" if user_agent is None else _quote(user_agent)
+    without building an ``Event`` first (the tracking server's hot path). ``kind`` is
+    one of KINDS (no quoting needed); the ids are the ints a token decodes to."""
     x = ',"x":[' + ",".join([_quote(x) for x in values]) + "]" if values else ""
-    # kind is one of KINDS: no quoting needed
     payload = (
-        f'{{"t":{round(t, 6)!r},"k":"{kind}","d":{delivery_id:d},"m":{message_id:d},'
-        f'"u":{url_id:d},"v":{v},"ip":{addr},"ua":{agent}{x}}}'
+        f'{{"t":{t:.6f},"k":"{kind}","d":{delivery_id},"m":{message_id},"u":{url_id},'
+        f'"v":{"null" if visitor_id is None else _quote(visitor_id)},'
+        f'"ip":{"null" if ip is None else _quote(ip)},'
+        f'"ua":{"null" if user_agent is None else _quote(user_agent)}{x}}}'
     ).encode("ascii")
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 

@@ -16,7 +16,7 @@ _STYLE = (
 
 def page(title: str, body_html: str) -> bytes:
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="robots" content="noindex, nofollow">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"

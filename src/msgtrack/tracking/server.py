@@ -58,6 +58,11 @@ BACKLOG = 2048
 
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "OPTIONS", "PUT", "DELETE")}
+# The request headers the protocol looks at (lower case); the others are only counted.
+_WANTED_HEADERS = frozenset(
+    (b"cookie", b"user-agent", b"content-type", b"content-length", b"expect", b"connection")
+)
+_CONNECTION_LINES = (b"Connection: close\r\n\r\n", b"\r\n", b"Connection: keep-alive\r\n\r\n")
 
 
 class _Reject(Exception):
@@ -131,7 +136,8 @@ class HttpProtocol(asyncio.Protocol):
         self.user_agent: bytes | None = None
         self.content_type: bytes | None = None
         self.expect_continue = False
-        self.body: list[bytes] = []
+        self.connection_header = False  # a Connection header came (HTTP/1.0 keep-alive)
+        self.body: list[bytes] | None = None
         self.body_bytes = 0
 
     # -- connection --------------------------------------------------------------------
@@ -232,14 +238,11 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.in_head = True
-        self.received_in_head = 0
+        self.received_in_head = self.head_bytes = self.header_count = 0
         self.url = b""
-        self.head_bytes = 0
-        self.header_count = 0
         self.cookie = self.user_agent = self.content_type = None
-        self.expect_continue = False
-        self.body = []
-        self.body_bytes = 0
+        self.expect_continue = self.connection_header = False
+        self.body = None
         self.deadline = self.loop.time() + self.state.request_timeout
 
     def on_url(self, url: bytes) -> None:
@@ -249,11 +252,14 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(HEADERS_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value) + 4
-        self.header_count += 1
-        if self.head_bytes > MAX_HEAD_BYTES or self.header_count > MAX_HEADERS:
+        size = self.head_bytes + len(name) + len(value) + 4
+        self.head_bytes = size
+        count = self.header_count = self.header_count + 1
+        if size > MAX_HEAD_BYTES or count > MAX_HEADERS:
             raise _Reject(HEADERS_TOO_LARGE)
         key = name.lower()
+        if key not in _WANTED_HEADERS:  # Host, Accept, ...: one set lookup each
+            return
         if key == b"cookie":
             self.cookie = value if self.cookie is None else self.cookie + b"; " + value
         elif key == b"user-agent":
@@ -263,8 +269,11 @@ class HttpProtocol(asyncio.Protocol):
         elif key == b"content-length":
             if value.strip().isdigit() and int(value) > MAX_BODY_BYTES:
                 raise _Reject(TOO_LARGE)
-        elif key == b"expect" and value.strip().lower() == b"100-continue":
-            self.expect_continue = True
+        elif key == b"expect":
+            if value.strip().lower() == b"100-continue":
+                self.expect_continue = True
+        elif key == b"connection":
+            self.connection_header = True
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -272,10 +281,14 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        self.body_bytes += len(body)
+        if self.body is None:
+            self.body = [body]
+            self.body_bytes = len(body)
+        else:
+            self.body.append(body)
+            self.body_bytes += len(body)
         if self.body_bytes > MAX_BODY_BYTES:
             raise _Reject(TOO_LARGE)
-        self.body.append(body)
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -283,7 +296,13 @@ class HttpProtocol(asyncio.Protocol):
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         keep_alive = parser.should_keep_alive() and not self.state.stopping
-        http10 = keep_alive and parser.get_http_version() == "1.0"
+        # 0: close, 1: keep-alive (HTTP/1.1), 2: keep-alive an HTTP/1.0 client asked for
+        # with a Connection header (so the version is only looked up then)
+        connection = 0
+        if keep_alive:
+            connection = 1
+            if self.connection_header and parser.get_http_version() == "1.0":
+                connection = 2
         url = self.url
         if url[:1] != b"/":  # absolute-form target: keep only the path
             scheme = url.find(b"://")
@@ -291,7 +310,7 @@ class HttpProtocol(asyncio.Protocol):
             url = url[slash:] if slash > 0 else b""
         query = url.find(b"?")
         path = (url[:query] if query >= 0 else url).decode("latin-1")
-        ua, cookie, ctype = self.user_agent, self.cookie, self.content_type
+        ua, cookie, ctype, body = self.user_agent, self.cookie, self.content_type, self.body
         request = Request(
             method,
             path,
@@ -299,7 +318,7 @@ class HttpProtocol(asyncio.Protocol):
             ua.decode("latin-1") if ua is not None else None,
             cookie.decode("latin-1") if cookie is not None else None,
             ctype.decode("latin-1") if ctype is not None else None,
-            b"".join(self.body) if self.body else b"",
+            b"".join(body) if body else b"",
         )
         head = method == "HEAD"
         try:
@@ -308,16 +327,22 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("tracking request %s %s failed", method, path)
             response = SERVER_ERROR
         if response is not None:
-            data = self._serialize(response, head, keep_alive, http10)
-            if not self.queue:
-                self._write(data, keep_alive)
-            else:
+            data = response.wire(self.state.date_server, _CONNECTION_LINES[connection], head)
+            transport = self.transport
+            if self.queue:
                 self.queue.append([data, keep_alive])
+            elif keep_alive and not self.writing_paused and transport is not None:
+                # _write's common case inline: answered, the connection waits for more
+                if not self.closing:
+                    transport.write(data)
+                    self.deadline = self.loop.time() + self.state.idle_timeout
+            else:
+                self._write(data, keep_alive)
             return
         slot: list[Any] = [None, keep_alive]
         self.queue.append(slot)
         self.deadline = math.inf
-        task = self.loop.create_task(self._answer_slow(request, slot, head, http10))
+        task = self.loop.create_task(self._answer_slow(request, slot, head, connection == 2))
         self.state.tasks.add(task)
         task.add_done_callback(self.state.tasks.discard)
         if len(self.queue) > MAX_PIPELINED and not self.reading_paused and self.transport:
@@ -332,27 +357,16 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("tracking request %s %s failed", request.method, request.path)
             response = SERVER_ERROR
-        slot[0] = self._serialize(response, head, slot[1], http10)
+        slot[0] = self._serialize(response, head, (2 if http10 else 1) if slot[1] else 0)
         self._flush()
 
     # -- answering ---------------------------------------------------------------------
 
-    def _serialize(
-        self, response: Response, head: bool, keep_alive: bool, http10: bool = False
-    ) -> bytes:
-        # status line | Date, Server | the response's headers and Content-Length
-        # (built once per Response: the fixed answers are module constants) | Connection
-        return b"".join(
-            (
-                response.wire_status(),
-                self.state.date_server,
-                response.wire_headers(),
-                b"Connection: close\r\n\r\n"
-                if not keep_alive
-                else (b"Connection: keep-alive\r\n\r\n" if http10 else b"\r\n"),
-                b"" if head else response.body,
-            )
-        )
+    def _serialize(self, response: Response, head: bool, connection: int) -> bytes:
+        """The answer's bytes; ``connection`` as in ``on_message_complete`` (0: close).
+        The response's own header lines are built once per Response (the fixed answers
+        are module constants)."""
+        return response.wire(self.state.date_server, _CONNECTION_LINES[connection], head)
 
     def _write(self, data: bytes, keep_alive: bool) -> None:
         transport = self.transport
@@ -408,7 +422,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
-        self.queue.append([self._serialize(response, False, False), False])
+        self.queue.append([self._serialize(response, False, 0), False])
         self._flush()
 
 

@@ -50,6 +50,9 @@ class TrackedUrl:
     # Click URLs only: the parsed template with header-safe literals, or None when the
     # URL cannot be a redirect target (unparseable, or not http/https).
     template: UrlTemplate | None
+    # The ``Location: ...`` header line of a click URL without personalization, built
+    # once per tracked URL (like a web server's configured redirect), else None.
+    fixed_location: bytes | None = None
 
     def destination(self, values: tuple[str, ...]) -> str | None:
         """Where a click goes, with ``values`` substituted; None if they do not fit."""
@@ -59,6 +62,18 @@ class TrackedUrl:
         if not values:
             return template.literals[0]
         return template.resolve(values)
+
+    def location_line(self, values: tuple[str, ...]) -> bytes | None:
+        """The ``Location`` header line of a click with ``values``; None if they do not fit."""
+        if not values and self.fixed_location is not None:
+            return self.fixed_location
+        destination = self.destination(values)
+        # ASCII only: the literals are header-safe and the values percent-encoded.
+        return None if destination is None else _location_line(destination)
+
+
+def _location_line(destination: str) -> bytes:
+    return b"Location: %s\r\n" % destination.encode("ascii")
 
 
 def make_tracked_url(id: int, delivery_id: int, type: str, url: str, label: str) -> TrackedUrl:
@@ -74,7 +89,10 @@ def make_tracked_url(id: int, delivery_id: int, type: str, url: str, label: str)
                 template = UrlTemplate(parsed.url, literals, parsed.expressions)
             else:
                 log.warning("tracked URL %s of delivery %s is not http(s)", id, delivery_id)
-    return TrackedUrl(id, delivery_id, type, url, label, template)
+    fixed = None
+    if template is not None and not template.expressions:
+        fixed = _location_line(template.literals[0])
+    return TrackedUrl(id, delivery_id, type, url, label, template, fixed)
 
 
 class TrackedUrlCache:
@@ -88,7 +106,9 @@ class TrackedUrlCache:
         self.snapshots_dir = snapshots_dir
         self._engine = engine
         self.refresh_seconds = refresh_seconds
-        self._urls: dict[tuple[int, int], TrackedUrl] = {}
+        # (delivery id, tracked URL id) -> URL; ``get`` is this dict's get (the hot path
+        # reads the dict itself, without a method call)
+        self.cached: dict[tuple[int, int], TrackedUrl] = {}
         self._checked_at: dict[int, float] = {}  # delivery -> last time its sources were read
         self._locks: dict[int, threading.Lock] = {}
         self._locks_lock = threading.Lock()
@@ -96,7 +116,7 @@ class TrackedUrlCache:
 
     def get(self, delivery_id: int, url_id: int) -> TrackedUrl | None:
         """The cached URL, without touching disk or database."""
-        return self._urls.get((delivery_id, url_id))
+        return self.cached.get((delivery_id, url_id))
 
     def should_load(self, delivery_id: int) -> bool:
         """Would ``find`` read the sources again for this delivery now?"""
@@ -106,16 +126,16 @@ class TrackedUrlCache:
     def find(self, delivery_id: int, url_id: int) -> TrackedUrl | None:
         """The URL, reading the snapshot (then the database) on a miss; blocking."""
         key = (delivery_id, url_id)
-        url = self._urls.get(key)
+        url = self.cached.get(key)
         if url is not None:
             return url
         # One reader per delivery: concurrent first clicks wait for its result
         # instead of seeing a miss (or reading the same file ten times).
         with self._lock_for(delivery_id):
-            url = self._urls.get(key)
+            url = self.cached.get(key)
             if url is None and self.should_load(delivery_id):
                 self._load(delivery_id, url_id)
-                url = self._urls.get(key)
+                url = self.cached.get(key)
         return url
 
     def _lock_for(self, delivery_id: int) -> threading.Lock:
@@ -135,7 +155,7 @@ class TrackedUrlCache:
         if published is not None:
             self.stats["snapshot_loads"] += 1
             self._merge(delivery_id, ((u.id, u.type, u.url, u.label) for u in published))
-        if (delivery_id, url_id) not in self._urls and self._engine is not None:
+        if (delivery_id, url_id) not in self.cached and self._engine is not None:
             try:
                 with self._engine().connect() as conn:
                     rows = tracked_urls(conn, delivery_id)
@@ -150,5 +170,5 @@ class TrackedUrlCache:
     def _merge(self, delivery_id: int, urls: Iterable[tuple[int, str, str, str]]) -> None:
         for id_, type_, url, label in urls:
             key = (delivery_id, id_)
-            if key not in self._urls:
-                self._urls[key] = make_tracked_url(id_, delivery_id, type_, url, label)
+            if key not in self.cached:
+                self.cached[key] = make_tracked_url(id_, delivery_id, type_, url, label)
