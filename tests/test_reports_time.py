@@ -125,9 +125,7 @@ def build(ctx: Context) -> Delivery:
         )
         for kind, who, t, link, visitor, _ in TIMELINE
     ]
-    events = [
-        replace(e, amount=amount) for e, (*_, amount) in zip(events, TIMELINE, strict=True)
-    ]
+    events = [replace(e, amount=amount) for e, (*_, amount) in zip(events, TIMELINE, strict=True)]
     write_segment(ctx.settings.events_dir, "n1-time-000001.log", events, sealed=True)
     ingest_once(ctx)
     return d
