@@ -55,9 +55,9 @@ What is built, and how (each aggregate stays consistent with the rows it summari
   ~1,100-1,300 events/s (9 M more events: 2-2.5 hours per backend), recompute at
   ~2,700 events/s (1 M events of a 200,000-message delivery in 376 s), so bulk +
   recompute of 10 M takes about an hour, on either backend (``--load ingest`` or
-  ``--load recompute`` force one way). Ingestion looks visitors up by visitor id alone,
-  which no index serves (see ``HELPER_INDEXES``): while loading, the benchmark adds that index, and
-  drops it before measuring. After each load the counters are checked against the rows
+  ``--load recompute`` force one way). (Those rates were measured while ingestion still
+  looked visitors up by visitor id alone, which no index served; it now asks one delivery
+  at a time, along the primary key.) After each load the counters are checked against the rows
   (opens, clicks, opt-outs, mirror views, pages; event buckets per type).
 - Events grow cumulatively through ``--steps`` (default 10 k, 100 k, 1 M, 10 M).
   PostgreSQL gets a VACUUM ANALYZE after each load (what autovacuum does on its own a
@@ -852,17 +852,11 @@ def bulk_rows(ctx: Any, pop: Population, start: int, stop: int) -> int:
 
 
 def load_events(
-    ctx: Any, pop: Population, start: int, stop: int, how: str, tag: str, helpers: bool = True
+    ctx: Any, pop: Population, start: int, stop: int, how: str, tag: str
 ) -> dict[str, float]:
     """Events start .. stop - 1 into the database, counted: timings of each part."""
     out: dict[str, float] = {}
-    if helpers:
-        helper_indexes(ctx, True)
-    try:
-        _load(ctx, pop, start, stop, how, tag, out)
-    finally:
-        if helpers:
-            helper_indexes(ctx, False)
+    _load(ctx, pop, start, stop, how, tag, out)
     return out
 
 
@@ -892,27 +886,6 @@ def _load(
         out.update(bulk_s=tb.seconds, recompute_s=tr.seconds)
 
 
-# Ingestion looks visitors and persons up by visitor id alone (storage.agents.visitor_firsts,
-# storage.tracking.delivery_person_firsts), which the (delivery_id, visitor_id) primary keys
-# cannot serve: every 500 ids scan the whole table, so loading slows down as the tables
-# grow (94 ms per chunk at 123,000 visitors on SQLite). While loading, the benchmark adds
-# these indexes (the fix it proposes) and drops them before measuring, so the reports are
-# measured on the product's schema. --no-helper-indexes loads without them.
-HELPER_INDEXES = {
-    "bench_tmp_delivery_visitors_visitor": "delivery_visitors (visitor_id)",
-    "bench_tmp_delivery_persons_visitor": "delivery_persons (visitor_id)",
-}
-
-
-def helper_indexes(ctx: Any, create: bool) -> None:
-    with ctx.engine.begin() as conn:
-        for name, target in HELPER_INDEXES.items():
-            if create:
-                conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
-            else:
-                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-
-
 def vacuum_analyze(ctx: Any) -> float:
     if ctx.engine.dialect.name != "postgresql":
         return 0.0
@@ -934,11 +907,7 @@ def finish_pending(ctx: Any, home: Path, meta: dict[str, Any]) -> None:
 
     print(f"finishing the interrupted ingestion {pending['start']:,} -> {pending['stop']:,}")
     with Timer() as t:
-        helper_indexes(ctx, True)
-        try:
-            ingest_once(ctx, batch_size=10_000)
-        finally:
-            helper_indexes(ctx, False)
+        ingest_once(ctx, batch_size=10_000)
     for path in ctx.settings.events_dir.glob("bench-main-*"):
         path.unlink()
     meta["events"] = pending["stop"]
@@ -1677,8 +1646,6 @@ def main() -> None:
     )
     parser.add_argument("--load", choices=["auto", "ingest", "recompute"], default="auto",
                         help="real ingestion of event-log segments, or bulk tracking_logs + recompute")  # fmt: skip
-    parser.add_argument("--no-helper-indexes", dest="helper_indexes", action="store_false",
-                        help="load without the temporary visitor_id indexes (see HELPER_INDEXES)")  # fmt: skip
     parser.add_argument("--ingest-limit", type=int, default=1_000_000,
                         help="--load auto: ingest up to this many events, recompute beyond")  # fmt: skip
     parser.add_argument("--serve-wait", type=float, default=120,
@@ -1745,7 +1712,7 @@ def main() -> None:
             meta["pending"] = {"start": meta["events"], "stop": step, "how": how}
             write_meta(home, meta)
             with Timer() as t:
-                g = load_events(ctx, pop, meta["events"], step, how, "main", args.helper_indexes)
+                g = load_events(ctx, pop, meta["events"], step, how, "main")
             g["vacuum_s"] = vacuum_analyze(ctx)
             g["total_s"] = t.seconds + g["vacuum_s"]
             g["how"] = how

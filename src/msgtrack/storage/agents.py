@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
+from msgtrack.storage.pairs import per_delivery
 from msgtrack.storage.reports import deliveries_in_range
 from msgtrack.storage.schema import agent_buckets, delivery_visitors
 from msgtrack.storage.upsert import add_to_counter_rows
@@ -57,8 +58,7 @@ def visitor_firsts(
         return {}
     v = delivery_visitors
     out: dict[tuple[int, str], VisitorFirst] = {}
-    ids = sorted({visitor for _, visitor in wanted})
-    for i in range(0, len(ids), IN_CHUNK):
+    for delivery_id, ids in per_delivery(wanted, IN_CHUNK):
         rows = conn.execute(
             select(
                 v.c.delivery_id,
@@ -69,11 +69,10 @@ def visitor_firsts(
                 v.c.os,
                 v.c.os_version,
                 v.c.device_class,
-            ).where(v.c.visitor_id.in_(ids[i : i + IN_CHUNK]))
+            ).where(v.c.delivery_id == delivery_id, v.c.visitor_id.in_(ids))
         )
         for d, vid, at, *agent in rows:
-            if (int(d), vid) in wanted:
-                out[(int(d), vid)] = VisitorFirst(at, Agent(*agent))
+            out[(int(d), vid)] = VisitorFirst(at, Agent(*agent))
     return out
 
 

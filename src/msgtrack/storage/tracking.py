@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 
 from msgtrack.storage import schema, send_stats
 from msgtrack.storage.keyset import beyond
+from msgtrack.storage.pairs import per_delivery
 from msgtrack.storage.schema import (
     deliveries,
     delivery_indicators,
@@ -429,15 +430,14 @@ def delivery_person_firsts(
         return {}
     p = delivery_persons
     out: dict[tuple[int, str], datetime] = {}
-    for chunk in _chunks(sorted({v for _, v in wanted})):
+    for delivery_id, ids in per_delivery(wanted, IN_CHUNK):
         rows = conn.execute(
             select(p.c.delivery_id, p.c.visitor_id, p.c.first_click_at).where(
-                p.c.visitor_id.in_(chunk)
+                p.c.delivery_id == delivery_id, p.c.visitor_id.in_(ids)
             )
         )
         for d, v, at in rows:
-            if (int(d), v) in wanted:
-                out[(int(d), v)] = at
+            out[(int(d), v)] = at
     return out
 
 
