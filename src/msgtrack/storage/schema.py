@@ -178,6 +178,8 @@ messages = Table(
     Column("click_count", Integer, nullable=False, server_default="0"),
     UniqueConstraint("delivery_id", "recipient_id", name="uq_messages_delivery_recipient"),
     Index("ix_messages_delivery_status", "delivery_id", "status"),
+    # a recipient's page: their newest messages
+    Index("ix_messages_recipient", "recipient_id", "id"),
 )
 
 # -- tracking store ----------------------------------------------------------------
