@@ -95,11 +95,12 @@ def _history(
     """Visitors and pages per local day and name (hour buckets fall in the day of their
     start in ``scope.tz``), and the same pivoted for the chart: pages per day of the top
     names, every day from the first to the last shown (empty ones at 0)."""
-    days: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0, 0])
-    for h in store.agent_hours(conn, scope.delivery_id, scope.since, scope.until, dimension):
-        sums = days[(h.bucket.astimezone(scope.tz).date(), h.name)]
-        sums[0] += h.visitors
-        sums[1] += h.events
+    days = {
+        (a.day, a.name): (a.visitors, a.events)
+        for a in store.agent_days(
+            conn, scope.delivery_id, scope.since, scope.until, dimension, scope.tz
+        )
+    }
     history = [
         {"day": day.isoformat(), "name": name, "visitors": v, "pages": p}
         for (day, name), (v, p) in sorted(days.items())

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
+from msgtrack.storage import localdays
 from msgtrack.storage.pairs import per_delivery
 from msgtrack.storage.reports import deliveries_in_range
 from msgtrack.storage.schema import agent_buckets, delivery_visitors
@@ -201,26 +203,44 @@ def agent_totals(
 
 
 @dataclass(frozen=True)
-class AgentHour:
-    bucket: datetime
+class AgentDay:
+    day: date  # local, in the zone asked for
     name: str
     events: int
     visitors: int
 
 
-def agent_hours(
+def agent_days(
     conn: Connection,
     delivery_id: int | None,
     since: datetime | None,
     until: datetime | None,
     dimension: str,
-) -> list[AgentHour]:
-    """Sums per (hour bucket, name) of one dimension over the scope, by time."""
+    tz: ZoneInfo,
+) -> list[AgentDay]:
+    """Sums per (local day, name) of one dimension over the scope, by day and name; an
+    hour bucket counts in the local day of its start."""
     b = agent_buckets
-    stmt = (
-        select(b.c.bucket, b.c.name, func.sum(b.c.events), func.sum(b.c.visitors))
-        .group_by(b.c.bucket, b.c.name)
-        .order_by(b.c.bucket, b.c.name)
+    bounds = _scoped(
+        select(func.min(b.c.bucket), func.max(b.c.bucket)),
+        delivery_id,
+        since,
+        until,
+        dimension,
+        False,
     )
-    stmt = _scoped(stmt, delivery_id, since, until, dimension, False)
-    return [AgentHour(at, name, int(e), int(v)) for at, name, e, v in conn.execute(stmt)]
+    first, last = conn.execute(bounds).one()
+    if first is None:
+        return []
+    sums: dict[tuple[date, str], list[int]] = {}
+    for day, start, end in localdays.day_groups(conn, b.c.bucket, first, last, tz):
+        stmt = select(day, b.c.name, func.sum(b.c.events), func.sum(b.c.visitors))
+        stmt = _scoped(stmt, delivery_id, since, until, dimension, False)
+        if start is not None and end is not None:
+            stmt = stmt.where(b.c.bucket >= start, b.c.bucket < end)
+        for d, name, e, v in conn.execute(stmt.group_by(day, b.c.name)):
+            key = (localdays.as_date(d), name)
+            row = sums.setdefault(key, [0, 0])
+            row[0] += int(e or 0)
+            row[1] += int(v or 0)
+    return [AgentDay(d, name, e, v) for (d, name), (e, v) in sorted(sums.items())]
