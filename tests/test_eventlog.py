@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -180,19 +181,25 @@ FAILING_WRITES = textwrap.dedent(
 )
 
 
-def test_failed_writes_are_counted_and_leave_whole_lines(tmp_path: Path) -> None:
+def run_limited(script: str, directory: Path) -> dict[str, Any]:
+    """Run ``script`` in a child process (its file size limit must not stick to us)."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])
     )
     result = subprocess.run(
-        [sys.executable, "-c", FAILING_WRITES, str(tmp_path)],
+        [sys.executable, "-c", script, str(directory)],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_failed_writes_are_counted_and_leave_whole_lines(tmp_path: Path) -> None:
+    report = run_limited(FAILING_WRITES, tmp_path)
     ok = report["ok"]
     assert ok[0] is True and ok[-1] is False
     assert ok == sorted(ok, reverse=True)  # once full, every later write fails
@@ -205,6 +212,43 @@ def test_failed_writes_are_counted_and_leave_whole_lines(tmp_path: Path) -> None
     assert [e.message_id for e in events] == list(range(ok.count(True)))
     assert segment.stat().st_size <= 1000
     assert is_sealed(segment)
+
+
+FAILING_HELD_WRITES = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from pathlib import Path
+    from msgtrack.tracking.eventlog import EventLog
+    from msgtrack.tracking.events import Event, encode_event
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+    log = EventLog(Path(sys.argv[1]), fsync_interval=0.02, max_bytes=1 << 20, max_age=3600)
+    lines = [encode_event(Event(time.time(), "open", 1, i, 12, user_agent="x" * 40))
+             for i in range(12)]
+    dropped = []
+    for group in (lines[:3], lines[3:12]):  # the second group does not fit whole
+        for line in group:
+            log.hold_line(line)
+        dropped.append(log.write_held())
+    log.hold_line(lines[0])
+    dropped.append(log.write_held())  # full: dropped
+    log.close()
+    print(json.dumps({"sizes": [len(x) for x in lines], "dropped": dropped,
+                      "stats": log.stats}))
+    """
+)
+
+
+def test_a_held_group_that_does_not_fit_keeps_its_whole_lines(tmp_path: Path) -> None:
+    report = run_limited(FAILING_HELD_WRITES, tmp_path)
+    fitting = 1000 // report["sizes"][0]  # the lines are all the same size
+    assert 3 < fitting < 12
+    assert report["dropped"] == [0, 12 - fitting, 1]
+    assert report["stats"]["written"] == fitting
+    assert report["stats"]["dropped"] == 12 - fitting + 1
+    (segment,) = segments(tmp_path)
+    assert [e.message_id for e in read_events(tmp_path)] == list(range(fitting))
+    assert segment.stat().st_size == fitting * report["sizes"][0]
 
 
 @settings(max_examples=200, deadline=None)

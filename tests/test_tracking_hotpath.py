@@ -71,6 +71,12 @@ class Transport:
         pass
 
 
+def run_one_turn(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the callbacks ready on a loop that is not running (``send_held``)."""
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
 @dataclass
 class Served:
     app: TrackingApp
@@ -83,6 +89,7 @@ class Served:
         """The bytes written for ``request`` (answered on the fast path)."""
         before = len(self.transport.data)
         self.protocol.data_received(request)
+        run_one_turn(self.protocol.loop)  # held answers leave at the next turn
         return bytes(self.transport.data[before:])
 
 
@@ -156,6 +163,27 @@ def test_click_answers_with_both_cookies_then_keeps_the_session(served: Served) 
         ("click", 77, visitor.decode()),
     ]
     assert events[0].user_agent == "A/1" and events[1].user_agent is None
+
+
+def test_event_lines_of_a_turn_are_written_together_before_its_answers(
+    served: Served,
+) -> None:
+    """Pipelined clicks answered in one turn: their lines go to the log in one write,
+    and no answer leaves before that."""
+    seen: list[tuple[int, bytes]] = []  # (lines in the log, answer) at each write
+    record = served.transport.write
+
+    def write(data: bytes) -> None:
+        seen.append((len(logged_events(served.home)), data))
+        record(data)
+
+    served.transport.write = write  # type: ignore[method-assign]
+    paths = [click_path(served, m).encode() for m in (1, 2, 3)]
+    answer = served.answer(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % p for p in paths))
+    assert answer.count(b"HTTP/1.1 302 Found") == 3
+    assert [lines for lines, _ in seen] == [3, 3, 3]
+    assert [e.message_id for e in logged_events(served.home)] == [1, 2, 3]
+    assert served.app.log.stats["written"] == 3
 
 
 def test_personalized_head_and_bad_clicks(served: Served) -> None:

@@ -525,6 +525,30 @@ def test_keep_alive_and_pipelining_answer_in_order(ctx: Context, env: dict[str, 
     assert len(logged(server.home)) == 22
 
 
+def test_held_fast_answers_go_out_before_a_slow_one_behind_them(
+    ctx: Context, env: dict[str, str]
+) -> None:
+    """Fast answers wait for the rest of their event-loop turn (one log write for the
+    group); a slow answer on the same connection still comes after them."""
+    first, second = add_delivery(ctx), add_delivery(ctx, name="Autumn")
+    beacon, click = token(ctx, first, "open"), token(ctx, second, "plain")
+    with tracking_server(env) as server:
+        assert httpx.get(f"{server.base}/o/{beacon}").status_code == 200  # first: cached
+        requests = (
+            f"GET /o/{beacon} HTTP/1.1\r\nHost: t\r\n\r\n"
+            f"GET /o/{beacon} HTTP/1.1\r\nHost: t\r\n\r\n"
+            f"GET /c/{click} HTTP/1.1\r\nHost: t\r\n\r\n"  # second's first token: slow
+            f"GET /o/{beacon} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ).encode()
+        answer = raw_http(server.port, requests)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"200", b"200", b"302", b"200"]
+    location = answer.index(b"Location: " + PLAIN_URL.encode())
+    assert answer.index(b"image/gif") < location < answer.rindex(b"image/gif")
+    # logged as answered: the open behind the slow click is logged before the click
+    assert sorted(e.kind for e in logged(server.home)) == ["click"] + ["open"] * 4
+
+
 def test_segments_rotate_and_are_sealed_on_sigterm(ctx: Context, env: dict[str, str]) -> None:
     sent = add_delivery(ctx)
     beacon = token(ctx, sent, "open")

@@ -9,7 +9,8 @@ a delivery not cached yet, mirror pages (rendered in a thread), and unsubscripti
 
 Rules (SPEC §4): only GET requests are events; HEAD is answered like GET and logs and
 counts nothing; a bad token answers a plain 404, never a redirect, and is counted in
-``rejected_tokens``; every event is written to the log before its answer is returned.
+``rejected_tokens``; every event is written to the log before its answer leaves (at
+once, or held and written by the HTTP layer just before the answers: ``hold_log_lines``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -240,6 +242,8 @@ class TrackingApp:
     def __init__(self, ctx: Context, log: EventLog) -> None:
         self.ctx = ctx
         self.log = log
+        # log.append_line, or log.hold_line (see hold_log_lines)
+        self._write_line: Callable[[bytes], object] = log.append_line
         self._use_keyring(ctx.keyring)
         self._keys_file = ctx.settings.keys_file
         self._keys_stamp = self._stamp()
@@ -285,6 +289,12 @@ class TrackingApp:
                 },
             )
         )
+
+    def hold_log_lines(self) -> None:
+        """Hold event lines for ``log.write_held()`` instead of writing each at once:
+        for an HTTP layer that calls ``write_held`` before any answer leaves (the
+        hand-written server, once per turn of its event loop)."""
+        self._write_line = self.log.hold_line
 
     # -- signing keys ------------------------------------------------------------------
 
@@ -394,7 +404,7 @@ class TrackingApp:
             return Response(302, None, b"", location + _REDIRECT_TAIL)
         cookie = req.cookie
         visitor = _visitor(cookie) or _new_visitor_id()
-        # False means dropped and counted: the person still goes on
+        # a line that cannot be written is dropped and counted: the person still goes on
         self._log_hit("click", token, req, visitor, token.values)
         # A returning visitor already holding this message's session cookie (signed by
         # the active key) keeps it: it is verified where it is read, so there is
@@ -423,12 +433,12 @@ class TrackingApp:
         req: Request,
         visitor: str | None,
         values: tuple[str, ...] = (),
-    ) -> bool:
-        """Write a click/open/opt-out/mirror event (the same line ``_event`` +
+    ) -> None:
+        """Log a click/open/opt-out/mirror event (the same line ``_event`` +
         ``encode_event`` give, built directly)."""
         ua = req.user_agent
         delivery_id, message_id, url_id, _ = token
-        return self.log.append_line(
+        self._write_line(
             encode_hit(
                 time.time(),
                 kind,

@@ -90,6 +90,26 @@ def _fast_payload(event: Event) -> bytes:
     return "".join(parts).encode("ascii")
 
 
+# User agents and client addresses repeat (a few browsers and image proxies make most of
+# the traffic, a keep-alive connection sends the same ones): their JSON strings are
+# kept, so the hot path quotes each once. Bounded (entries and length: a few MB at
+# worst, whatever clients send); emptied when full.
+_QUOTED_MAX = 1024
+_QUOTED_LONGEST = 512
+_quoted: dict[str, str] = {}
+
+
+def _quote_repeated(text: str) -> str:
+    quoted = _quoted.get(text)
+    if quoted is None:
+        quoted = _quote(text)
+        if len(text) <= _QUOTED_LONGEST:
+            if len(_quoted) >= _QUOTED_MAX:
+                _quoted.clear()
+            _quoted[text] = quoted
+    return quoted
+
+
 def encode_hit(
     t: float,
     kind: str,
@@ -108,8 +128,8 @@ def encode_hit(
     payload = (
         f'{{"t":{t:.6f},"k":"{kind}","d":{delivery_id},"m":{message_id},"u":{url_id},'
         f'"v":{"null" if visitor_id is None else _quote(visitor_id)},'
-        f'"ip":{"null" if ip is None else _quote(ip)},'
-        f'"ua":{"null" if user_agent is None else _quote(user_agent)}{x}}}'
+        f'"ip":{"null" if ip is None else _quote_repeated(ip)},'
+        f'"ua":{"null" if user_agent is None else _quote_repeated(user_agent)}{x}}}'
     ).encode("ascii")
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 

@@ -13,6 +13,14 @@ headers), idle and slow-client timeouts, 400 on anything httptools cannot parse.
 client address is the peer address. The socket has SO_REUSEPORT so several worker
 processes can share the port. SIGTERM/SIGINT: stop accepting, let requests in flight
 finish, then close (fsync and seal) the event log.
+
+Answers leave in groups: the fast answers of one turn of the event loop are held, and a
+callback at the start of the next turn writes their event lines with one ``write()``,
+then the answers (``ServerState.send_held``). One log write for many clicks, and the
+answers go out together, so the client side is woken once for the lot rather than once
+per answer; measured +36 % returning clicks/s on one core (benchmarks/RESULTS.md). Any
+other write or close on a connection sends what is held first, so answers stay in
+request order and an event line always precedes its answer.
 """
 
 from __future__ import annotations
@@ -86,6 +94,30 @@ class ServerState:
         self.idle_timeout = settings.tracking_idle_timeout
         self.date_server = b""
         self.tick_date()
+        # fast answers waiting for their event lines to be written (send_held)
+        self.held: list[tuple[HttpProtocol, bytes]] = []
+        app.hold_log_lines()
+
+    def hold(self, conn: HttpProtocol, data: bytes) -> None:
+        """Send ``data`` to ``conn`` with the rest of this turn's answers."""
+        held = self.held
+        if not held:
+            self.loop.call_soon(self.send_held)
+        held.append((conn, data))
+
+    def send_held(self) -> None:
+        """Write the held event lines (one ``write()``), then the held answers."""
+        self.app.log.write_held()
+        held = self.held
+        if held:
+            self.held = []
+            for conn, data in held:
+                transport = conn.transport
+                if transport is not None:  # None: the client went away
+                    try:
+                        transport.write(data)
+                    except Exception:  # one broken connection must not stop the others
+                        log.exception("tracking server: answer not written")
 
     def tick_date(self) -> None:
         self.date_server = b"Date: %s\r\nServer: msgtrack\r\n" % formatdate(usegmt=True).encode()
@@ -193,6 +225,7 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        self.state.send_held()  # the answers held for this connection go first
         if self.linger and transport.can_write_eof():
             # After an error answer the client may still be sending: closing now would
             # reset the connection and could destroy the answer before it is read. Send
@@ -278,6 +311,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         if self.expect_continue and not self.queue and self.transport is not None:
+            self.state.send_held()  # after the answers before it
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -332,9 +366,10 @@ class HttpProtocol(asyncio.Protocol):
             if self.queue:
                 self.queue.append([data, keep_alive])
             elif keep_alive and not self.writing_paused and transport is not None:
-                # _write's common case inline: answered, the connection waits for more
+                # _write's common case inline, held for this turn's group (send_held):
+                # answered, the connection waits for more
                 if not self.closing:
-                    transport.write(data)
+                    self.state.hold(self, data)
                     self.deadline = self.loop.time() + self.state.idle_timeout
             else:
                 self._write(data, keep_alive)
@@ -372,6 +407,7 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closing:
             return
+        self.state.send_held()  # event lines and earlier answers first
         transport.write(data)
         if not keep_alive:
             self._close()
