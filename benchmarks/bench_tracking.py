@@ -18,6 +18,12 @@ What it runs, one after the other, each for ``--duration`` seconds (wrk ``-t1``)
 - ``--soak SECONDS``: returning-visitor clicks for that long against one worker, paced
   at about 8,000/s (16 connections, 2 ms apart), sampling the server's RSS every 5 s
   (memory must stay flat). ``--only ''`` runs the soak alone.
+- ``--scaling PAIRS``: that many interleaved pairs of runs, one worker on CPU 0 (wrk on
+  CPU 1) then two workers unpinned, first of msgtrack's returning-visitor click, then of
+  nginx. Each line gives the CPUs kept busy (``/proc/stat``, softirq included: loopback
+  TCP runs there) and the ceiling ``2 / busy`` of the 1-core run: two workers share both
+  cores with wrk, so they cannot pass it, and the faster the server, the lower it is.
+  Interleaving keeps a noisy host's drift out of the ratios.
 
 Every server writes one log line per request. The table goes to stdout and to
 ``benchmarks/out/tracking.md``. Needs ``wrk``, ``taskset`` and ``nginx`` (Debian).
@@ -28,16 +34,18 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,6 +319,85 @@ def soak(tmp: Path, seconds: int) -> str:
     )
 
 
+def scaling(tmp: Path, pairs: int, duration: int, connections: int) -> list[str]:
+    """Interleaved 1-core / 2-worker pairs for msgtrack and for nginx; a line per pair.
+
+    The ceiling comes from the 1-core run: it kept ``busy`` CPUs busy in all (the
+    server's core plus wrk's and the kernel's work on the other, softirq included, from
+    ``/proc/stat``), so two workers sharing both cores with wrk can at most reach
+    ``2 / busy`` times its rate, whatever the server does.
+    """
+    env, visits = make_home(tmp / "scaling")
+    ports = {workers: free_port() for workers in (1, 2)}
+    scripts = {
+        w: rotating_script(tmp / f"scaling-{w}.lua", port, visits, "returning")
+        for w, port in ports.items()
+    }
+    lines: list[str] = []
+    with ExitStack() as stack:
+        # (server, workers) -> wrk's url, Lua script and headers
+        targets: dict[tuple[str, int], tuple[str, Path | None, tuple[str, ...]]] = {}
+        for workers, port in ports.items():
+            url = f"http://127.0.0.1:{port}"
+            stack.enter_context(started(msgtrack_command(port, workers), f"{url}/health", env))
+            targets["msgtrack", workers] = (url, scripts[workers], ())
+            command, url = nginx_server(tmp / f"nginx-{workers}", workers)
+            stack.enter_context(started(command, url))
+            targets["nginx", workers] = (url, None, (f"User-Agent: {USER_AGENT}",))
+        for server in ("msgtrack", "nginx"):
+            ratios = []
+            for pair in range(1, pairs + 1):
+                runs = {}
+                for workers in (1, 2):
+                    url, script, headers = targets[server, workers]
+                    before, wrk_before, start = _cpu_busy(), _children_cpu(), time.monotonic()
+                    result = wrk(
+                        "scaling",
+                        url,
+                        script=script,
+                        headers=headers,
+                        duration=duration,
+                        connections=connections,
+                        cpu="1" if workers == 1 else None,
+                    )
+                    cpu_seconds, elapsed = _cpu_busy() - before, time.monotonic() - start
+                    requests = result.rps * duration
+                    busy = cpu_seconds / elapsed  # CPUs kept busy, on average
+                    per_request = cpu_seconds / requests * 1e6
+                    wrk_us = (_children_cpu() - wrk_before) / requests * 1e6
+                    runs[workers] = (result.rps, busy, per_request, wrk_us)
+                (rps1, busy1, cost1, wrk1), (rps2, busy2, cost2, _) = runs[1], runs[2]
+                ratios.append(rps2 / rps1)
+                lines.append(
+                    f"{server}, pair {pair}: 1 core {rps1:,.0f}/s, {busy1:.2f} CPUs busy "
+                    f"({cost1:.1f} µs CPU per request, wrk's own {wrk1:.1f}); 2 workers "
+                    f"{rps2:,.0f}/s, {busy2:.2f} CPUs busy ({cost2:.1f} µs per request): "
+                    f"{rps2 / rps1:.2f}x, ceiling 2/{busy1:.2f} = {2 / busy1:.2f}x"
+                )
+            lines.append(
+                f"{server}, 2 workers / 1 core, median of {pairs} interleaved pairs: "
+                f"{statistics.median(ratios):.2f}x"
+            )
+    return lines
+
+
+def _cpu_busy() -> float:
+    """CPUs busy since boot, summed over CPUs, in CPU-seconds (user, nice, system,
+    irq, softirq: the loopback's TCP work runs as softirq and is in no process's time)."""
+    total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            user, nice, system, _idle, _iowait, irq, softirq = map(int, line.split()[1:8])
+            total += user + nice + system + irq + softirq
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the ended child processes (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -321,18 +408,18 @@ def _rss_kib(pid: int) -> int:
 # -- nginx -------------------------------------------------------------------------------------
 
 
-def bench_nginx(tmp: Path, duration: int, connections: int) -> list[Result]:
+def nginx_server(prefix: Path, workers: int = 1) -> tuple[list[str], str]:
+    """Command and click URL of an nginx answering ``return 302`` with its access log
+    on, from a config under ``prefix``; one worker is pinned to CPU 0."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        return [Result("nginx: not installed (apt-get install nginx-light)", 0, 0, 0)]
-    prefix = tmp / "nginx"
     (prefix / "logs").mkdir(parents=True)
     port = free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(
-        textwrap.dedent(
+        ("user root;\n" if os.getuid() == 0 else "")  # else workers would be "nobody"
+        + textwrap.dedent(
             f"""\
-            worker_processes 1;
+            worker_processes {workers};
             daemon off;
             pid {prefix}/nginx.pid;
             error_log {prefix}/logs/error.log;
@@ -352,10 +439,16 @@ def bench_nginx(tmp: Path, duration: int, connections: int) -> list[Result]:
             """
         )
     )
-    command = ["taskset", "-c", "0", nginx, "-p", str(prefix), "-c", str(conf)]
-    if os.getuid() == 0:  # workers would switch to "nobody"; keep them as we are
-        conf.write_text("user root;\n" + conf.read_text())
-    url = f"http://127.0.0.1:{port}/c/AAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    command = [nginx, "-p", str(prefix), "-c", str(conf)]
+    if workers == 1:
+        command = ["taskset", "-c", "0", *command]
+    return command, f"http://127.0.0.1:{port}/c/AAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def bench_nginx(tmp: Path, duration: int, connections: int) -> list[Result]:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        return [Result("nginx: not installed (apt-get install nginx-light)", 0, 0, 0)]
+    command, url = nginx_server(tmp / "nginx")
     with started(command, url):
         return [
             wrk(
@@ -511,6 +604,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--soak", type=int, default=0, help="soak seconds (0: none)")
     parser.add_argument(
+        "--scaling", type=int, default=0, help="interleaved 1-core/2-worker pairs (0: none)"
+    )
+    parser.add_argument(
         "--only", default="msgtrack,nginx,pytracking", help="comma-separated servers to run"
     )
     args = parser.parse_args()
@@ -528,6 +624,8 @@ def main() -> None:
             results += bench_nginx(tmp, args.duration, args.connections)
         if "pytracking" in only:
             results += bench_pytracking(tmp, args.duration, args.connections)
+        if args.scaling:
+            notes += scaling(tmp, args.scaling, args.duration, args.connections)
         if args.soak:
             notes.append(soak(tmp, args.soak))
     report = table(results)
@@ -544,11 +642,12 @@ def main() -> None:
             notes.append(f"2 workers / 1 core: {two / one:.2f}x")
     text = report + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
     print(text)
-    out = OUT if results else OUT.with_name("tracking-soak.md")
+    out = OUT if results else OUT.with_name("tracking-soak-scaling.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f"`python benchmarks/bench_tracking.py --duration {args.duration} "
-        f"--connections {args.connections} --soak {args.soak}` on {time.strftime('%Y-%m-%d')}, "
+        f"--connections {args.connections} --soak {args.soak} --scaling {args.scaling}` "
+        f"on {time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} CPUs, load average at the end: {os.getloadavg()[0]:.2f}\n\n" + text
     )
 
