@@ -709,29 +709,40 @@ def bounces_qualify(paths: tuple[Path, ...], as_json: bool) -> None:
 @bounces.command("process")
 @click.option("--maildir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--imap", "imap_url", help="imaps://user:password@host[:port]/FOLDER")
+@click.option("--pop3", "pop3_url", help="pop3s://user:password@host[:port]")
 @click.option("--json", "as_json", is_flag=True)
-def bounces_process(maildir: Path | None, imap_url: str | None, as_json: bool) -> None:
+def bounces_process(
+    maildir: Path | None, imap_url: str | None, pop3_url: str | None, as_json: bool
+) -> None:
     """Match, qualify and record the messages of the bounce mailbox, then move them to
-    its Processed folder."""
+    its Processed folder (POP3, which has no folders: delete them)."""
     import imaplib
+    import poplib
 
-    from msgtrack.delivery.bounces.mailbox import process_imap, process_maildir
+    from msgtrack.delivery.bounces.mailbox import process_imap, process_maildir, process_pop3
     from msgtrack.delivery.bounces.process import BounceProcessor
 
-    if (maildir is None) == (imap_url is None):
-        _fail("give exactly one of --maildir DIR or --imap URL", 2)
+    if sum(source is not None for source in (maildir, imap_url, pop3_url)) != 1:
+        _fail("give exactly one of --maildir DIR, --imap URL or --pop3 URL", 2)
     ctx = _context()
     processor = BounceProcessor(ctx)
+    cafile = ctx.settings.imap_cafile
     if maildir is not None:
         if not maildir.is_dir():
             _fail(f"no maildir at {maildir}")
         process_maildir(maildir, processor.process)
-    else:
-        assert imap_url is not None
+    elif imap_url is not None:
         try:
-            process_imap(imap_url, processor.process, cafile=ctx.settings.imap_cafile)
+            process_imap(imap_url, processor.process, cafile=cafile)
         except (OSError, ValueError, imaplib.IMAP4.error) as exc:
             _fail(f"IMAP: {exc}")
+    else:
+        assert pop3_url is not None
+        try:
+            process_pop3(pop3_url, processor.process, cafile=cafile)
+        except (OSError, ValueError, poplib.error_proto) as exc:
+            reply = exc.args[0] if exc.args else exc  # poplib's errors carry the reply bytes
+            _fail(f"POP3: {reply.decode(errors='replace') if isinstance(reply, bytes) else reply}")
     stats = processor.stats.as_dict()
     if as_json:
         _print_json(stats)

@@ -69,7 +69,7 @@ class Settings:
     tracking_db_timeout: float = 2.0
     # Bounces and quarantine.
     bounce_rules: str | None = None  # a rules CSV replacing the shipped defaults
-    imap_cafile: str | None = None  # CA certificates trusted for the IMAP bounce mailbox
+    imap_cafile: str | None = None  # CA certificates trusted for the IMAP or POP3 bounce mailbox
     quarantine_soft_errors: int = 5  # soft errors that quarantine an address
     quarantine_soft_interval: float = 86400.0  # least seconds between counted errors
     quarantine_mailbox_full_days: float = 30.0  # a mailbox-full quarantine expires after
