@@ -24,6 +24,10 @@ What it runs, one after the other, each for ``--duration`` seconds (wrk ``-t1``)
   TCP runs there) and the ceiling ``2 / busy`` of the 1-core run: two workers share both
   cores with wrk, so they cannot pass it, and the faster the server, the lower it is.
   Interleaving keeps a noisy host's drift out of the ratios.
+- ``--ratios ROUNDS``: that many interleaved rounds of msgtrack's returning-visitor click,
+  nginx and pytracking (each on CPU 0, wrk on CPU 1, all three servers up throughout),
+  with the ratios of each round and their medians: the peers seconds apart rather than
+  minutes, for a host whose speed drifts.
 
 Every server writes one log line per request. The table goes to stdout and to
 ``benchmarks/out/tracking.md``. Needs ``wrk``, ``taskset`` and ``nginx`` (Debian).
@@ -542,7 +546,9 @@ application = get_wsgi_application()
 '''
 
 
-def bench_pytracking(tmp: Path, duration: int, connections: int) -> list[Result]:
+def pytracking_server(app_dir: Path) -> tuple[list[str], str, dict[str, str]]:
+    """Command, click URL and environment of gunicorn serving pytracking's click view
+    (one sync worker on CPU 0), from a throwaway venv made on first use."""
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
@@ -550,7 +556,6 @@ def bench_pytracking(tmp: Path, duration: int, connections: int) -> list[Result]
             [str(python), "-m", "pip", "install", "-q", "pytracking", "django", "gunicorn"],
             check=True,
         )
-    app_dir = tmp / "django"
     app_dir.mkdir()
     (app_dir / "benchapp.py").write_text(DJANGO_APP)
     env = dict(
@@ -573,7 +578,11 @@ def bench_pytracking(tmp: Path, duration: int, connections: int) -> list[Result]
         "-b", f"127.0.0.1:{port}", "--chdir", str(app_dir), "--log-level", "warning",
         "benchapp:application",
     ]  # fmt: skip
-    url = f"http://127.0.0.1:{port}/c/{token}"
+    return command, f"http://127.0.0.1:{port}/c/{token}", env
+
+
+def bench_pytracking(tmp: Path, duration: int, connections: int) -> list[Result]:
+    command, url, env = pytracking_server(tmp / "django")
     with started(command, url, env):
         check = httpx.get(url)
         assert check.status_code == 302 and check.headers["location"] == DESTINATION
@@ -586,6 +595,46 @@ def bench_pytracking(tmp: Path, duration: int, connections: int) -> list[Result]
                 headers=(f"User-Agent: {USER_AGENT}",),
             )
         ]
+
+
+def ratios(tmp: Path, pairs: int, duration: int, connections: int) -> list[str]:
+    """Interleaved rounds of msgtrack's returning-visitor click, nginx and pytracking,
+    each on CPU 0 with wrk on CPU 1; the ratios of each round and their medians. All
+    three servers run the whole time, so a round's runs are seconds apart, not minutes."""
+    env, visits = make_home(tmp / "ratios")
+    port = free_port()
+    script = rotating_script(tmp / "ratios.lua", port, visits, "returning")
+    ua = (f"User-Agent: {USER_AGENT}",)
+    lines: list[str] = []
+    with ExitStack() as stack:
+        base = f"http://127.0.0.1:{port}"
+        stack.enter_context(started(msgtrack_command(port, 1), f"{base}/health", env))
+        peers: dict[str, str] = {}
+        if have_nginx():
+            command, peers["nginx"] = nginx_server(tmp / "nginx-ratios")
+            stack.enter_context(started(command, peers["nginx"]))
+        command, peers["pytracking"], peer_env = pytracking_server(tmp / "django-ratios")
+        stack.enter_context(started(command, peers["pytracking"], peer_env))
+        found: dict[str, list[float]] = {peer: [] for peer in peers}
+        for round_ in range(1, pairs + 1):
+            ours = wrk(
+                "ratios", base, script=script, duration=duration, connections=connections
+            ).rps
+            parts = [f"round {round_}: msgtrack {ours:,.0f}/s"]
+            for peer, url in peers.items():
+                theirs = wrk(
+                    "ratios", url, headers=ua, duration=duration, connections=connections
+                ).rps
+                found[peer].append(ours / theirs)
+                parts.append(f"{peer} {theirs:,.0f}/s ({ours / theirs:.2f}x)")
+            lines.append(", ".join(parts))
+        lines += [
+            f"msgtrack returning-visitor click / {peer}, median of {pairs} interleaved "
+            f"rounds: {statistics.median(values):.2f}x (from {min(values):.2f}x to "
+            f"{max(values):.2f}x)"
+            for peer, values in found.items()
+        ]
+    return lines
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -612,6 +661,9 @@ def main() -> None:
         "--scaling", type=int, default=0, help="interleaved 1-core/2-worker pairs (0: none)"
     )
     parser.add_argument(
+        "--ratios", type=int, default=0, help="interleaved msgtrack/peer rounds (0: none)"
+    )
+    parser.add_argument(
         "--only", default="msgtrack,nginx,pytracking", help="comma-separated servers to run"
     )
     args = parser.parse_args()
@@ -631,6 +683,8 @@ def main() -> None:
             results += bench_pytracking(tmp, args.duration, args.connections)
         if args.scaling:
             notes += scaling(tmp, args.scaling, args.duration, args.connections)
+        if args.ratios:
+            notes += ratios(tmp, args.ratios, args.duration, args.connections)
         if args.soak:
             notes.append(soak(tmp, args.soak))
     report = table(results)
@@ -647,11 +701,12 @@ def main() -> None:
             notes.append(f"2 workers / 1 core: {two / one:.2f}x")
     text = report + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
     print(text)
-    out = OUT if results else OUT.with_name("tracking-soak-scaling.md")
+    out = OUT if results else OUT.with_name("tracking-soak-scaling-ratios.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f"`python benchmarks/bench_tracking.py --duration {args.duration} "
-        f"--connections {args.connections} --soak {args.soak} --scaling {args.scaling}` "
+        f"--connections {args.connections} --soak {args.soak} --scaling {args.scaling} "
+        f"--ratios {args.ratios}` "
         f"on {time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} CPUs, load average at the end: {os.getloadavg()[0]:.2f}\n\n" + text
     )
