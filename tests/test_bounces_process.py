@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from msgtrack.context import Context
-from msgtrack.delivery.bounces.mailbox import PROCESSED, process_maildir
+from msgtrack.delivery.bounces.mailbox import PROCESSED, process_mailbox, process_maildir
 from msgtrack.delivery.bounces.process import BounceProcessor
 from msgtrack.storage import quarantine as qstore
 from msgtrack.storage.schema import (
@@ -28,7 +30,7 @@ from msgtrack.storage.schema import (
 )
 from msgtrack.storage.types import utcnow
 from tests.factories import add_delivery, add_message, add_recipient
-from tests.helpers import msgtrack
+from tests.helpers import free_port, msgtrack, running
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 PLACEHOLDER = b"aaaaaaaaaaaaaaaa"
@@ -293,3 +295,61 @@ def test_cli_process_quarantine_and_messages(
     assert json.loads(msgtrack(env, "quarantine", "list", "--json").stdout) == []
     assert msgtrack(env, "quarantine", "release", "ann@example.com", check=False).returncode == 1
     shutil.rmtree(box)
+
+
+def _wait_for(condition: Any, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("not reached in time")
+        time.sleep(0.1)
+
+
+def test_serve_reads_the_bounce_mailbox(ctx: Context, env: dict[str, str], tmp_path: Path) -> None:
+    """``msgtrack serve`` with MSGTRACK_BOUNCE_MAILBOX reads it by itself, pass after
+    pass: a bounce that arrives while it runs is recorded and moved too."""
+    did, mids = _setup(ctx, ["ann@example.com", "bob@example.com"])
+    ann, bob = mids["ann@example.com"], mids["bob@example.com"]
+    fixture = "dsn_postfix_user_unknown.eml"
+    box = _maildir(tmp_path / "box", {"1.ann": _bounce(ctx, fixture, ann, did, "ann@example.com")})
+    env = {**env, "MSGTRACK_BOUNCE_MAILBOX": str(box), "MSGTRACK_BOUNCE_SCAN_INTERVAL": "0.2"}
+    port = free_port()
+    with running(env, "serve", "--port", str(port), port=port, output=tmp_path / "serve.log"):
+        _wait_for(lambda: _message(ctx, ann)["status"] == "failed")
+        assert _message(ctx, bob)["status"] == "sent"
+        (box / "new" / "2.bob").write_bytes(_bounce(ctx, fixture, bob, did, "bob@example.com"))
+        _wait_for(lambda: _message(ctx, bob)["status"] == "failed")
+        _wait_for(lambda: not any((box / "new").iterdir()))
+    assert sorted(p.name for p in (box / PROCESSED / "cur").iterdir()) == [
+        "1.ann:2,S",
+        "2.bob:2,S",
+    ]
+    assert _indicators(ctx, did)["hard_bounces"] == 2
+
+
+def test_serve_keeps_serving_when_the_bounce_mailbox_fails(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A mailbox that cannot be read is logged at each pass; the rest of serve goes on."""
+    env = {
+        **env,
+        "MSGTRACK_BOUNCE_MAILBOX": str(tmp_path / "missing"),
+        "MSGTRACK_BOUNCE_SCAN_INTERVAL": "0.2",
+    }
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with running(env, "serve", "--port", str(port), port=port, output=log):
+        _wait_for(lambda: "bounce mailbox pass failed" in log.read_text(errors="replace"))
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    assert "no maildir at" in log.read_text(errors="replace")
+
+
+def test_bounce_mailbox_setting_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="imaps:// or a pop3s://"):
+        process_mailbox("imap://bounces:secret@127.0.0.1/INBOX", lambda data: None)
+    with pytest.raises(ValueError, match="no maildir at"):
+        process_mailbox(str(tmp_path / "missing"), lambda data: None)
+    box = _maildir(
+        tmp_path / "box", {"1.ooo": (FIXTURES / "autoreply_out_of_office.eml").read_bytes()}
+    )
+    assert process_mailbox(str(box), lambda data: None) == 1

@@ -70,6 +70,10 @@ class Settings:
     # Bounces and quarantine.
     bounce_rules: str | None = None  # a rules CSV replacing the shipped defaults
     imap_cafile: str | None = None  # CA certificates trusted for the IMAP or POP3 bounce mailbox
+    # The bounce mailbox `msgtrack serve` reads by itself (a maildir, imaps:// or pop3s://
+    # URL; None: only `bounces process` reads one), and how often.
+    bounce_mailbox: str | None = None
+    bounce_scan_interval: float = 300.0
     quarantine_soft_errors: int = 5  # soft errors that quarantine an address
     quarantine_soft_interval: float = 86400.0  # least seconds between counted errors
     quarantine_mailbox_full_days: float = 30.0  # a mailbox-full quarantine expires after
@@ -139,6 +143,8 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         tracking_db_timeout=_float("MSGTRACK_TRACKING_DB_TIMEOUT", 2.0),
         bounce_rules=os.environ.get("MSGTRACK_BOUNCE_RULES") or None,
         imap_cafile=os.environ.get("MSGTRACK_IMAP_CAFILE") or None,
+        bounce_mailbox=os.environ.get("MSGTRACK_BOUNCE_MAILBOX") or None,
+        bounce_scan_interval=_float("MSGTRACK_BOUNCE_SCAN_INTERVAL", 300.0),
         quarantine_soft_errors=_int("MSGTRACK_QUARANTINE_SOFT_ERRORS", 5),
         quarantine_soft_interval=_float("MSGTRACK_QUARANTINE_SOFT_INTERVAL", 86400.0),
         quarantine_mailbox_full_days=_float("MSGTRACK_QUARANTINE_MAILBOX_FULL_DAYS", 30.0),

@@ -2,7 +2,9 @@
 
 The tracking endpoints, the admin API and the ingestion loop share one port and one
 event loop (uvicorn). The public ``msgtrack tracking-server`` uses the faster
-hand-written HTTP layer instead; both call the same ``TrackingApp``.
+hand-written HTTP layer instead; both call the same ``TrackingApp``. With a bounce
+mailbox configured (``MSGTRACK_BOUNCE_MAILBOX``), a second thread reads it every
+``MSGTRACK_BOUNCE_SCAN_INTERVAL`` seconds, as ``msgtrack bounces process`` would.
 """
 
 from __future__ import annotations
@@ -28,6 +30,25 @@ def ingestion_loop(ctx: Context, stop: threading.Event) -> None:
         stop.wait(ctx.settings.ingest_interval)
 
 
+def bounce_loop(ctx: Context, stop: threading.Event) -> None:
+    """Read the configured bounce mailbox at each interval until ``stop`` is set."""
+    from msgtrack.delivery.bounces.mailbox import process_mailbox
+    from msgtrack.delivery.bounces.process import BounceProcessor
+
+    source = ctx.settings.bounce_mailbox
+    assert source is not None
+    while not stop.is_set():
+        processor = BounceProcessor(ctx)
+        try:
+            process_mailbox(source, processor.process, cafile=ctx.settings.imap_cafile)
+        except Exception:  # a mailbox down or a bad message: the next pass retries
+            log.exception("bounce mailbox pass failed")
+        stats = processor.stats.as_dict()
+        if stats["read"]:
+            log.info("bounce mailbox: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
+        stop.wait(ctx.settings.bounce_scan_interval)
+
+
 def run_serve(ctx: Context, host: str, port: int) -> None:
     import uvicorn
 
@@ -42,12 +63,19 @@ def run_serve(ctx: Context, host: str, port: int) -> None:
     loop_thread = threading.Thread(
         target=ingestion_loop, args=(ctx, stop), name="ingest", daemon=True
     )
-    loop_thread.start()
+    threads = [loop_thread]
+    if ctx.settings.bounce_mailbox:
+        threads.append(
+            threading.Thread(target=bounce_loop, args=(ctx, stop), name="bounces", daemon=True)
+        )
+    for thread in threads:
+        thread.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         stop.set()
-        loop_thread.join(timeout=30)
+        for thread in threads:
+            thread.join(timeout=30)
         event_log.close()
         try:  # load what was logged until the end
             ingest_once(ctx)

@@ -154,3 +154,20 @@ def process_pop3(
         except (poplib.error_proto, OSError):
             pass
     return count
+
+
+def process_mailbox(
+    source: str, handle: Callable[[bytes], object], *, cafile: str | None = None
+) -> int:
+    """``source``: an ``imaps://`` or ``pop3s://`` URL, or the path of a maildir."""
+    scheme = urlsplit(source).scheme
+    if scheme == "imaps":
+        return process_imap(source, handle, cafile=cafile)
+    if scheme == "pop3s":
+        return process_pop3(source, handle, cafile=cafile)
+    if "://" in source:
+        raise ValueError("a bounce mailbox is a maildir, an imaps:// or a pop3s:// URL")
+    root = Path(source)
+    if not is_maildir(root):
+        raise ValueError(f"no maildir at {root}")
+    return process_maildir(root, handle)
