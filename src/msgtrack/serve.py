@@ -60,10 +60,9 @@ def run_serve(ctx: Context, host: str, port: int) -> None:
     event_log = EventLog.from_settings(ctx.settings)
     app = tracking_asgi(TrackingApp(ctx, event_log), fallback=create_app(ctx))
     stop = threading.Event()
-    loop_thread = threading.Thread(
-        target=ingestion_loop, args=(ctx, stop), name="ingest", daemon=True
-    )
-    threads = [loop_thread]
+    threads = [
+        threading.Thread(target=ingestion_loop, args=(ctx, stop), name="ingest", daemon=True)
+    ]
     if ctx.settings.bounce_mailbox:
         threads.append(
             threading.Thread(target=bounce_loop, args=(ctx, stop), name="bounces", daemon=True)
