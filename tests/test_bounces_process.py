@@ -353,3 +353,22 @@ def test_bounce_mailbox_setting_checked(tmp_path: Path) -> None:
         tmp_path / "box", {"1.ooo": (FIXTURES / "autoreply_out_of_office.eml").read_bytes()}
     )
     assert process_mailbox(str(box), lambda data: None) == 1
+
+
+def test_bounces_process_reads_the_configured_mailbox(
+    ctx: Context, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Without --maildir/--imap/--pop3, ``bounces process`` reads MSGTRACK_BOUNCE_MAILBOX."""
+    did, mids = _setup(ctx, ["ann@example.com"])
+    ann = mids["ann@example.com"]
+    data = _bounce(ctx, "dsn_postfix_user_unknown.eml", ann, did, "ann@example.com")
+    box = _maildir(tmp_path / "box", {"1.ann": data})
+    missing = msgtrack(env, "bounces", "process", check=False)
+    assert missing.returncode == 2 and "MSGTRACK_BOUNCE_MAILBOX" in missing.stderr
+    configured = {**env, "MSGTRACK_BOUNCE_MAILBOX": str(box)}
+    stats = json.loads(msgtrack(configured, "bounces", "process", "--json").stdout)
+    assert (stats["read"], stats["matched"], stats["hard"]) == (1, 1, 1)
+    assert _message(ctx, ann)["status"] == "failed"
+    bad = {**env, "MSGTRACK_BOUNCE_MAILBOX": "imap://bounces:secret@127.0.0.1/INBOX"}
+    refused = msgtrack(bad, "bounces", "process", check=False)
+    assert refused.returncode == 2 and "imaps://" in refused.stderr

@@ -714,17 +714,35 @@ def bounces_qualify(paths: tuple[Path, ...], as_json: bool) -> None:
 def bounces_process(
     maildir: Path | None, imap_url: str | None, pop3_url: str | None, as_json: bool
 ) -> None:
-    """Match, qualify and record the messages of the bounce mailbox, then move them to
-    its Processed folder (POP3, which has no folders: delete them)."""
+    """Match, qualify and record the messages of the bounce mailbox (by default the one
+    in MSGTRACK_BOUNCE_MAILBOX), then move them to its Processed folder (POP3, which has
+    no folders: delete them)."""
     import imaplib
     import poplib
 
     from msgtrack.delivery.bounces.mailbox import process_imap, process_maildir, process_pop3
     from msgtrack.delivery.bounces.process import BounceProcessor
 
-    if sum(source is not None for source in (maildir, imap_url, pop3_url)) != 1:
+    given = sum(source is not None for source in (maildir, imap_url, pop3_url))
+    if given > 1:
         _fail("give exactly one of --maildir DIR, --imap URL or --pop3 URL", 2)
     ctx = _context()
+    if not given:  # the mailbox `serve` reads, if one is configured
+        configured = ctx.settings.bounce_mailbox
+        if configured is None:
+            _fail(
+                "give one of --maildir DIR, --imap URL or --pop3 URL "
+                "(or set MSGTRACK_BOUNCE_MAILBOX)",
+                2,
+            )
+        if configured.startswith("imaps://"):
+            imap_url = configured
+        elif configured.startswith("pop3s://"):
+            pop3_url = configured
+        elif "://" in configured:
+            _fail("MSGTRACK_BOUNCE_MAILBOX is a maildir, an imaps:// or a pop3s:// URL", 2)
+        else:
+            maildir = Path(configured)
     processor = BounceProcessor(ctx)
     cafile = ctx.settings.imap_cafile
     if maildir is not None:
