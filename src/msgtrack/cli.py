@@ -720,7 +720,12 @@ def bounces_process(
     import imaplib
     import poplib
 
-    from msgtrack.delivery.bounces.mailbox import process_imap, process_maildir, process_pop3
+    from msgtrack.delivery.bounces.mailbox import (
+        mailbox_kind,
+        process_imap,
+        process_maildir,
+        process_pop3,
+    )
     from msgtrack.delivery.bounces.process import BounceProcessor
 
     given = sum(source is not None for source in (maildir, imap_url, pop3_url))
@@ -735,12 +740,14 @@ def bounces_process(
                 "(or set MSGTRACK_BOUNCE_MAILBOX)",
                 2,
             )
-        if configured.startswith("imaps://"):
+        try:
+            kind = mailbox_kind(configured)
+        except ValueError as exc:
+            _fail(f"MSGTRACK_BOUNCE_MAILBOX: {exc}", 2)
+        if kind == "imap":
             imap_url = configured
-        elif configured.startswith("pop3s://"):
+        elif kind == "pop3":
             pop3_url = configured
-        elif "://" in configured:
-            _fail("MSGTRACK_BOUNCE_MAILBOX is a maildir, an imaps:// or a pop3s:// URL", 2)
         else:
             maildir = Path(configured)
     processor = BounceProcessor(ctx)

@@ -156,17 +156,28 @@ def process_pop3(
     return count
 
 
+def mailbox_kind(source: str) -> str:
+    """``imap``, ``pop3`` or ``maildir`` for a bounce mailbox given as an ``imaps://`` or
+    ``pop3s://`` URL or a path; ValueError for any other URL."""
+    scheme = urlsplit(source).scheme
+    if scheme == "imaps":
+        return "imap"
+    if scheme == "pop3s":
+        return "pop3"
+    if "://" in source:
+        raise ValueError("a bounce mailbox is a maildir, an imaps:// or a pop3s:// URL")
+    return "maildir"
+
+
 def process_mailbox(
     source: str, handle: Callable[[bytes], object], *, cafile: str | None = None
 ) -> int:
     """``source``: an ``imaps://`` or ``pop3s://`` URL, or the path of a maildir."""
-    scheme = urlsplit(source).scheme
-    if scheme == "imaps":
+    kind = mailbox_kind(source)
+    if kind == "imap":
         return process_imap(source, handle, cafile=cafile)
-    if scheme == "pop3s":
+    if kind == "pop3":
         return process_pop3(source, handle, cafile=cafile)
-    if "://" in source:
-        raise ValueError("a bounce mailbox is a maildir, an imaps:// or a pop3s:// URL")
     root = Path(source)
     if not is_maildir(root):
         raise ValueError(f"no maildir at {root}")
