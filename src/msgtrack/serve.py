@@ -30,13 +30,11 @@ def ingestion_loop(ctx: Context, stop: threading.Event) -> None:
         stop.wait(ctx.settings.ingest_interval)
 
 
-def bounce_loop(ctx: Context, stop: threading.Event) -> None:
-    """Read the configured bounce mailbox at each interval until ``stop`` is set."""
+def bounce_loop(ctx: Context, source: str, stop: threading.Event) -> None:
+    """Read the bounce mailbox ``source`` at each interval until ``stop`` is set."""
     from msgtrack.delivery.bounces.mailbox import process_mailbox
     from msgtrack.delivery.bounces.process import BounceProcessor
 
-    source = ctx.settings.bounce_mailbox
-    assert source is not None
     while not stop.is_set():
         processor = BounceProcessor(ctx)
         try:
@@ -63,9 +61,11 @@ def run_serve(ctx: Context, host: str, port: int) -> None:
     threads = [
         threading.Thread(target=ingestion_loop, args=(ctx, stop), name="ingest", daemon=True)
     ]
-    if ctx.settings.bounce_mailbox:
+    if source := ctx.settings.bounce_mailbox:
         threads.append(
-            threading.Thread(target=bounce_loop, args=(ctx, stop), name="bounces", daemon=True)
+            threading.Thread(
+                target=bounce_loop, args=(ctx, source, stop), name="bounces", daemon=True
+            )
         )
     for thread in threads:
         thread.start()
