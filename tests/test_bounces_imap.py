@@ -181,12 +181,18 @@ def test_process_imap(ctx: Context, env: dict[str, str], dovecot: Dovecot) -> No
     assert refused.returncode == 1 and "IMAP" in refused.stderr
 
 
-def _pop3(dovecot: Dovecot) -> poplib.POP3_SSL:
+@pytest.fixture
+def pop3_dovecot(dovecot: Dovecot) -> Dovecot:
+    """The private Dovecot, which must also serve POP3S."""
     if not dovecot.pop3s_port:
         reason = "dovecot-pop3d is needed (apt-get install dovecot-pop3d)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+    return dovecot
+
+
+def _pop3(dovecot: Dovecot) -> poplib.POP3_SSL:
     tls = ssl.create_default_context(cafile=str(dovecot.cafile))
     pop = poplib.POP3_SSL("127.0.0.1", dovecot.pop3s_port, context=tls, timeout=10)
     pop.user("bounces")
@@ -202,7 +208,8 @@ def _messages_left(dovecot: Dovecot) -> int:
         pop.quit()
 
 
-def test_process_pop3(ctx: Context, env: dict[str, str], dovecot: Dovecot) -> None:
+def test_process_pop3(ctx: Context, env: dict[str, str], pop3_dovecot: Dovecot) -> None:
+    dovecot = pop3_dovecot
     assert _messages_left(dovecot) == 0
     delivery_id, data = _bounce_for_new_message(ctx)
     dovecot.deliver("1.bounce", data)
@@ -232,12 +239,12 @@ def test_process_pop3(ctx: Context, env: dict[str, str], dovecot: Dovecot) -> No
     assert "b'" not in refused.stderr
 
 
-def test_pop3_deletes_only_what_was_recorded(ctx: Context, dovecot: Dovecot) -> None:
+def test_pop3_deletes_only_what_was_recorded(ctx: Context, pop3_dovecot: Dovecot) -> None:
     """A pass that fails on a message deletes the ones recorded before it and keeps the
     failing one and those after it, which the next pass records."""
+    dovecot = pop3_dovecot
     first_delivery, first = _bounce_for_new_message(ctx, "ann@example.com")
     second_delivery, second = _bounce_for_new_message(ctx, "bob@example.com")
-    _pop3(dovecot).quit()  # skips without dovecot-pop3d
     dovecot.deliver("1.first", first)
     dovecot.deliver("2.second", second)
     processor = BounceProcessor(ctx)
@@ -283,10 +290,12 @@ process_pop3(sys.argv[1], record_then_die, cafile=sys.argv[2])
 """
 
 
-def test_pop3_pass_killed_before_quit(ctx: Context, env: dict[str, str], dovecot: Dovecot) -> None:
+def test_pop3_pass_killed_before_quit(
+    ctx: Context, env: dict[str, str], pop3_dovecot: Dovecot
+) -> None:
     """Killed after the commit of its first message: nothing is deleted, and the next
     pass records the rest and counts the first once."""
-    _pop3(dovecot).quit()  # skips without dovecot-pop3d
+    dovecot = pop3_dovecot
     _, first = _bounce_for_new_message(ctx, "ann@example.com")
     _, second = _bounce_for_new_message(ctx, "bob@example.com")
     dovecot.deliver("1.first", first)
