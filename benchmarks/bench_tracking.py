@@ -2,7 +2,8 @@
 
     python benchmarks/bench_tracking.py [--duration 10] [--connections 64] [--soak 0]
 
-What it runs, one after the other, each for ``--duration`` seconds (wrk ``-t1``):
+What it runs, one after the other, each for ``--duration`` seconds (wrk with one thread
+per CPU it may use: ``-t1`` pinned to CPU 1, ``-t2`` when it shares both cores):
 
 - msgtrack's tracking server (``msgtrack tracking-server``) pinned to CPU 0 with wrk on
   CPU 1, for the three requests of the mix: a click from a returning visitor (visitor
@@ -28,6 +29,11 @@ What it runs, one after the other, each for ``--duration`` seconds (wrk ``-t1``)
   nginx and pytracking (each on CPU 0, wrk on CPU 1, all three servers up throughout),
   with the ratios of each round and their medians: the peers seconds apart rather than
   minutes, for a host whose speed drifts.
+
+Every run also records the CPU time the hypervisor stole from this VM (``/proc/stat``):
+on a shared host a run can lose most of a core to a neighbour, and then it measures the
+neighbour. ``--scaling`` and ``--ratios`` give their medians over the rounds with at most
+``STEAL_LIMIT`` of a CPU stolen, and over all rounds.
 
 Every server writes one log line per request. The table goes to stdout and to
 ``benchmarks/out/tracking.md``. Needs ``wrk``, ``taskset`` and ``nginx`` (Debian).
@@ -72,6 +78,9 @@ USER_AGENT = (
 VISITOR_ID = "Q2xpY2tpbmdWaXNpdG9yMD"  # a returning visitor's cookie (22 characters)
 HALF_LOAD_DELAY_MS = 4  # per-connection pause used to run at about half the measured rate
 SOAK_CONNECTIONS, SOAK_DELAY_MS = 16, 2
+# A run during which the hypervisor took more than this share of a CPU measured the host,
+# not the server: --scaling and --ratios leave such rounds out of their medians.
+STEAL_LIMIT = 0.05
 
 
 @dataclass
@@ -81,6 +90,10 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: str = ""
+    steal: float = 0.0  # CPUs the hypervisor took during the run, on average
+    busy: float = 0.0  # CPUs kept busy during the run (all processes and the kernel)
+    cpu_us: float = 0.0  # busy CPU time per request, µs
+    wrk_us: float = 0.0  # wrk's own CPU time per request, µs
 
 
 def free_port() -> int:
@@ -131,8 +144,21 @@ def wrk(
     delay_ms: int | None = None,
     script: Path | None = None,
 ) -> Result:
-    """One wrk run; ``script`` (a Lua file, e.g. ``rotating_script``) makes the requests."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    """One wrk run; ``script`` (a Lua file, e.g. ``rotating_script``) makes the requests.
+
+    wrk runs one thread per CPU it may use: one pinned to ``cpu``, or one per CPU when
+    unpinned (a single thread sharing a core with a worker gets only its share of that
+    core and leaves both workers waiting for requests)."""
+    threads = 1 if cpu is not None else os.cpu_count() or 1
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "5s",
+    ]
     for header in headers:
         command += ["-H", header]
     delay_script = None
@@ -146,6 +172,7 @@ def wrk(
     command.append(url)
     if cpu is not None:
         command = ["taskset", "-c", cpu, *command]
+    before, start = _cpu_times(), time.monotonic()
     try:
         out = subprocess.run(
             command, capture_output=True, text=True, timeout=duration + 60, check=True
@@ -153,13 +180,26 @@ def wrk(
     finally:
         if delay_script is not None:
             os.unlink(delay_script.name)
+    after, elapsed = _cpu_times(), time.monotonic() - start
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = max(1.0, rps * duration)
+    busy_seconds = after.busy - before.busy
     errors = []
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors.append(f"{m.group(1)} non-2xx/3xx")
     if m := re.search(r"Socket errors: (.*)", out):
         errors.append(m.group(1).strip())
-    return Result(name, rps, _percentile(out, "50"), _percentile(out, "99"), "; ".join(errors))
+    return Result(
+        name,
+        rps,
+        _percentile(out, "50"),
+        _percentile(out, "99"),
+        "; ".join(errors),
+        steal=(after.steal - before.steal) / elapsed,
+        busy=busy_seconds / elapsed,
+        cpu_us=busy_seconds / requests * 1e6,
+        wrk_us=(after.children - before.children) / requests * 1e6,
+    )
 
 
 def _percentile(out: str, pct: str) -> float:
@@ -355,8 +395,7 @@ def scaling(tmp: Path, pairs: int, duration: int, connections: int) -> list[str]
                 runs = {}
                 for workers in (1, 2):
                     url, script, headers = targets[server, workers]
-                    before, wrk_before, start = _cpu_busy(), _children_cpu(), time.monotonic()
-                    result = wrk(
+                    runs[workers] = wrk(
                         "scaling",
                         url,
                         script=script,
@@ -365,42 +404,56 @@ def scaling(tmp: Path, pairs: int, duration: int, connections: int) -> list[str]
                         connections=connections,
                         cpu="1" if workers == 1 else None,
                     )
-                    cpu_seconds, elapsed = _cpu_busy() - before, time.monotonic() - start
-                    requests = result.rps * duration
-                    busy = cpu_seconds / elapsed  # CPUs kept busy, on average
-                    per_request = cpu_seconds / requests * 1e6
-                    wrk_us = (_children_cpu() - wrk_before) / requests * 1e6
-                    runs[workers] = (result.rps, busy, per_request, wrk_us)
-                (rps1, busy1, cost1, wrk1), (rps2, busy2, cost2, _) = runs[1], runs[2]
-                ratios.append(rps2 / rps1)
+                one, two = runs[1], runs[2]
+                steal = max(one.steal, two.steal)
+                ratios.append((two.rps / one.rps, steal))
                 lines.append(
-                    f"{server}, pair {pair}: 1 core {rps1:,.0f}/s, {busy1:.2f} CPUs busy "
-                    f"({cost1:.1f} µs CPU per request, wrk's own {wrk1:.1f}); 2 workers "
-                    f"{rps2:,.0f}/s, {busy2:.2f} CPUs busy ({cost2:.1f} µs per request): "
-                    f"{rps2 / rps1:.2f}x, ceiling 2/{busy1:.2f} = {2 / busy1:.2f}x"
+                    f"{server}, pair {pair}: 1 core {one.rps:,.0f}/s, {one.busy:.2f} CPUs "
+                    f"busy ({one.cpu_us:.1f} µs CPU per request, wrk's own "
+                    f"{one.wrk_us:.1f}); 2 workers {two.rps:,.0f}/s, {two.busy:.2f} CPUs "
+                    f"busy ({two.cpu_us:.1f} µs per request): {two.rps / one.rps:.2f}x, "
+                    f"ceiling 2/{one.busy:.2f} = {2 / one.busy:.2f}x; stolen "
+                    f"{one.steal:.2f} / {two.steal:.2f} CPU"
                 )
-            lines.append(
-                f"{server}, 2 workers / 1 core, median of {pairs} interleaved pairs: "
-                f"{statistics.median(ratios):.2f}x"
-            )
+            lines.append(f"{server}, 2 workers / 1 core: {_medians(ratios, 'interleaved pairs')}")
     return lines
 
 
-def _cpu_busy() -> float:
-    """CPUs busy since boot, summed over CPUs, in CPU-seconds (user, nice, system,
-    irq, softirq: the loopback's TCP work runs as softirq and is in no process's time)."""
-    total = 0
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU-seconds since boot, summed over CPUs (``/proc/stat``)."""
+
+    busy: float  # user, nice, system, irq, softirq: loopback TCP runs as softirq
+    steal: float  # time the hypervisor gave this VM's CPUs to someone else
+    children: float  # user + system of the ended child processes (the wrk runs)
+
+
+def _cpu_times() -> CpuTimes:
+    busy = steal = 0
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith("cpu") and line[3].isdigit():
-            user, nice, system, _idle, _iowait, irq, softirq = map(int, line.split()[1:8])
-            total += user + nice + system + irq + softirq
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    """CPU seconds of the ended child processes (the wrk runs)."""
+            fields = list(map(int, line.split()[1:9]))
+            user, nice, system, _idle, _iowait, irq, softirq, stolen = fields
+            busy += user + nice + system + irq + softirq
+            steal += stolen
+    tick = os.sysconf("SC_CLK_TCK")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return CpuTimes(busy / tick, steal / tick, usage.ru_utime + usage.ru_stime)
+
+
+def _medians(values: list[tuple[float, float]], what: str) -> str:
+    """Median of (ratio, CPUs stolen) rounds: of the rounds the hypervisor left alone
+    (stolen at most ``STEAL_LIMIT``), then of all."""
+    clean = [ratio for ratio, steal in values if steal <= STEAL_LIMIT]
+    every = [ratio for ratio, _ in values]
+    kept = (
+        f"median of the {len(clean)} of {len(values)} {what} with at most {STEAL_LIMIT:.2f} "
+        f"CPU stolen: {statistics.median(clean):.2f}x (from {min(clean):.2f}x to "
+        f"{max(clean):.2f}x); "
+        if clean
+        else f"none of the {len(values)} {what} had at most {STEAL_LIMIT:.2f} CPU stolen; "
+    )
+    return kept + f"median of all {len(values)}: {statistics.median(every):.2f}x"
 
 
 def _rss_kib(pid: int) -> int:
@@ -615,23 +668,20 @@ def ratios(tmp: Path, pairs: int, duration: int, connections: int) -> list[str]:
             stack.enter_context(started(command, peers["nginx"]))
         command, peers["pytracking"], peer_env = pytracking_server(tmp / "django-ratios")
         stack.enter_context(started(command, peers["pytracking"], peer_env))
-        found: dict[str, list[float]] = {peer: [] for peer in peers}
+        found: dict[str, list[tuple[float, float]]] = {peer: [] for peer in peers}
         for round_ in range(1, pairs + 1):
-            ours = wrk(
-                "ratios", base, script=script, duration=duration, connections=connections
-            ).rps
-            parts = [f"round {round_}: msgtrack {ours:,.0f}/s"]
+            ours = wrk("ratios", base, script=script, duration=duration, connections=connections)
+            parts = [f"round {round_}: msgtrack {ours.rps:,.0f}/s (stolen {ours.steal:.2f})"]
             for peer, url in peers.items():
-                theirs = wrk(
-                    "ratios", url, headers=ua, duration=duration, connections=connections
-                ).rps
-                found[peer].append(ours / theirs)
-                parts.append(f"{peer} {theirs:,.0f}/s ({ours / theirs:.2f}x)")
+                theirs = wrk("ratios", url, headers=ua, duration=duration, connections=connections)
+                ratio = ours.rps / theirs.rps
+                found[peer].append((ratio, max(ours.steal, theirs.steal)))
+                parts.append(
+                    f"{peer} {theirs.rps:,.0f}/s (stolen {theirs.steal:.2f}; {ratio:.2f}x)"
+                )
             lines.append(", ".join(parts))
         lines += [
-            f"msgtrack returning-visitor click / {peer}, median of {pairs} interleaved "
-            f"rounds: {statistics.median(values):.2f}x (from {min(values):.2f}x to "
-            f"{max(values):.2f}x)"
+            f"msgtrack returning-visitor click / {peer}: {_medians(values, 'rounds')}"
             for peer, values in found.items()
         ]
     return lines
@@ -642,14 +692,23 @@ def ratios(tmp: Path, pairs: int, duration: int, connections: int) -> list[str]:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| server and request | requests/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---|",
+        "| server and request | requests/s | p50 ms | p99 ms | CPU stolen | errors |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors or '-'} |"
+            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.steal:.2f} "
+            f"| {r.errors or '-'} |"
         )
     return "\n".join(lines)
+
+
+def _stolen_warning(*runs: Result) -> str:
+    """A warning for a ratio whose runs lost more than ``STEAL_LIMIT`` to the hypervisor."""
+    worst = max(run.steal for run in runs)
+    if worst <= STEAL_LIMIT:
+        return ""
+    return f" (not a measurement: a run had {worst:.2f} CPU stolen by the hypervisor; rerun)"
 
 
 def main() -> None:
@@ -688,17 +747,18 @@ def main() -> None:
         if args.soak:
             notes.append(soak(tmp, args.soak))
     report = table(results)
-    by_name = {r.name: r.rps for r in results}
+    by_name = {r.name: r for r in results}
     one = by_name.get("msgtrack click, returning visitor (1 core)")
     if one:
-        for name, rps in by_name.items():
-            if rps and not name.startswith("msgtrack"):
+        for name, other in by_name.items():
+            if other.rps and not name.startswith("msgtrack"):
                 notes.append(
-                    f"msgtrack returning-visitor click / {name.split(' ')[0]}: {one / rps:.2f}x"
+                    f"msgtrack returning-visitor click / {name.split(' ')[0]}: "
+                    f"{one.rps / other.rps:.2f}x{_stolen_warning(one, other)}"
                 )
         two = by_name.get("msgtrack click, returning visitor (2 workers, unpinned)")
         if two:
-            notes.append(f"2 workers / 1 core: {two / one:.2f}x")
+            notes.append(f"2 workers / 1 core: {two.rps / one.rps:.2f}x{_stolen_warning(one, two)}")
     text = report + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
     print(text)
     out = OUT if results else OUT.with_name("tracking-soak-scaling-ratios.md")
