@@ -71,3 +71,18 @@ def test_a_reader_is_not_stalled_by_a_writer(ctx: Context) -> None:
         thread.start()
         assert done.wait(10), "the reader waited for the writer"
         thread.join()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_plans_each_query_with_its_values(ctx: Context) -> None:
+    """No server-side prepared statements, however often a query runs: a generic plan,
+    costed from statistics taken when a delivery's tables were small, turned each
+    (delivery, visitor) lookup of recompute into a scan of the whole delivery."""
+    from sqlalchemy import bindparam, text
+
+    lookup = select(recipients.c.id).where(recipients.c.email_key == bindparam("key"))
+    with ctx.engine.connect() as conn:
+        for n in range(20):  # psycopg would prepare it from the 5th run
+            conn.execute(lookup, {"key": f"{n}@example.com"}).all()
+        prepared = conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+    assert prepared == 0

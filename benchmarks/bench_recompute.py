@@ -1,0 +1,156 @@
+"""``msgtrack recompute`` speed: events replayed per second for one big delivery.
+
+    python benchmarks/bench_recompute.py --backend postgresql --messages 100000 --events 1000000
+    python benchmarks/bench_recompute.py --backend sqlite --messages 100000 --events 1000000
+
+The delivery, its messages and its events are those of ``bench_reports.py`` (the same
+generator: opens, clicks over a Zipf of links, opt-outs, mirrors, web pages, purchases,
+~50 user agents, visitor cookies), built once into ``benchmarks/out/recompute-data-BACKEND``
+(or the PostgreSQL database ``msgtrack_bench_recompute``) and kept: a later run with the
+same ``--messages`` and ``--events`` only recomputes. The events go in as
+``tracking_logs`` rows in bulk; then ``recompute.recompute`` rebuilds the delivery
+``--rounds`` times, each timed, and after each round the counters are checked against
+the rows (events per type, buckets), so a faster recompute that counts wrong fails here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_reports as reports  # noqa: E402  (the same data generator)
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def build(args: argparse.Namespace, home: Path) -> tuple[Any, dict[str, Any]]:
+    """The kept data when it matches the arguments, else built anew."""
+    meta = reports.read_meta(home)
+    if meta and meta["messages"] == args.messages and meta["events"] == args.events:
+        return reports.open_context(args, home, create=False), meta
+    reports.drop_data(args, home)
+    home.mkdir(parents=True)
+    ctx = reports.open_context(args, home, create=True)
+    print(f"building {args.messages:,} messages, {args.events:,} events", flush=True)
+    started = time.monotonic()
+    meta = reports.build_base(args, ctx, home)
+    pop = reports.load_population(ctx, meta["delivery_id"])
+    reports.bulk_rows(ctx, pop, 0, args.events)
+    reports.vacuum_analyze(ctx)
+    meta["events"] = args.events
+    reports.write_meta(home, meta)
+    print(f"  built in {time.monotonic() - started:.0f} s", flush=True)
+    return ctx, meta
+
+
+def check(ctx: Any, delivery_id: int) -> dict[str, int]:
+    """The rebuilt counters against the rows they count (raises on a difference)."""
+    from sqlalchemy import func, select
+
+    from msgtrack.storage.schema import delivery_indicators, event_buckets, messages, tracking_logs
+
+    with ctx.engine.connect() as conn:
+        per_type = dict(
+            conn.execute(
+                select(tracking_logs.c.type, func.count())
+                .where(tracking_logs.c.delivery_id == delivery_id)
+                .group_by(tracking_logs.c.type)
+            ).all()
+        )
+        buckets = dict(
+            conn.execute(
+                select(event_buckets.c.metric, func.sum(event_buckets.c.events))
+                .where(event_buckets.c.delivery_id == delivery_id)
+                .group_by(event_buckets.c.metric)
+            ).all()
+        )
+        row = conn.execute(
+            select(delivery_indicators).where(delivery_indicators.c.delivery_id == delivery_id)
+        ).one()
+        opens, clicks, opened = conn.execute(
+            select(
+                func.sum(messages.c.open_count),
+                func.sum(messages.c.click_count),
+                func.count(messages.c.first_event_at),
+            ).where(messages.c.delivery_id == delivery_id)
+        ).one()
+        opening = conn.execute(
+            select(func.count(func.distinct(tracking_logs.c.message_id))).where(
+                tracking_logs.c.delivery_id == delivery_id,
+                tracking_logs.c.type.in_(["open", "click", "opt-out", "mirror"]),
+            )
+        ).scalar_one()
+    expected = {
+        "total_opens": per_type.get("open", 0),
+        "total_clicks": per_type.get("click", 0),
+        "opt_outs": per_type.get("opt-out", 0),
+        "mirror_views": per_type.get("mirror", 0),
+        "recipient_opens": opening,
+    }
+    found = {name: int(getattr(row, name)) for name in expected}
+    found_messages = {"opens": int(opens or 0), "clicks": int(clicks or 0), "opened": opened}
+    want_messages = {"opens": expected["total_opens"], "clicks": expected["total_clicks"]}
+    want_messages["opened"] = opening
+    for kind, count in per_type.items():
+        if int(buckets.get(kind, 0)) != count:
+            raise SystemExit(f"event_buckets {kind}: {buckets.get(kind)} != {count} rows")
+    if found != expected or found_messages != want_messages:
+        raise SystemExit(f"counters {found} {found_messages} != rows {expected} {want_messages}")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=10_000, help="events per page")
+    parser.add_argument("--pg-database", default="msgtrack_bench_recompute")
+    parser.add_argument("--home", help="default benchmarks/out/recompute-data-BACKEND")
+    args = parser.parse_args()
+    args.peers, args.timezone = 0, "Europe/Paris"  # what bench_reports' builder reads
+    home = Path(args.home) if args.home else OUT / f"recompute-data-{args.backend}"
+    args.home = str(home)
+    ctx, meta = build(args, home)
+    from msgtrack.ingest.recompute import recompute
+
+    seconds = []
+    for n in range(1, args.rounds + 1):
+        started = time.monotonic()
+        recompute(ctx, meta["delivery_id"], batch_size=args.batch_size)
+        seconds.append(time.monotonic() - started)
+        counters = check(ctx, meta["delivery_id"])
+        print(
+            f"round {n}: {seconds[-1]:.1f} s, {args.events / seconds[-1]:,.0f} events/s "
+            f"(counters match the rows: {counters})",
+            flush=True,
+        )
+    best = min(seconds)
+    summary = {
+        "backend": args.backend,
+        "messages": args.messages,
+        "events": args.events,
+        "batch_size": args.batch_size,
+        "seconds": seconds,
+        "events_per_s_best": args.events / best,
+        "events_per_s_median": args.events / statistics.median(seconds),
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average": os.getloadavg()[0],
+    }
+    print(json.dumps(summary))
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"recompute-{args.backend}.json").write_text(json.dumps(summary, indent=1))
+    ctx.close()
+
+
+if __name__ == "__main__":
+    main()
