@@ -192,6 +192,12 @@ def test_rebuilt_equals_incremental(ctx: Context, seed: int) -> None:
     assert buckets_snapshot(ctx) == buckets
     assert {d.id: delivery_indicators(ctx.engine, d.id) for d in deliveries} == reports
 
+    # Many pages, and messages written several times over (held 5 at a time).
+    scramble(ctx, rng)
+    recompute(ctx, batch_size=7, hold=5)
+    assert counters_snapshot(ctx.engine) == incremental
+    assert buckets_snapshot(ctx) == buckets
+
 
 def test_recompute_one_delivery_leaves_the_others(ctx: Context) -> None:
     rng = random.Random(3)
@@ -278,3 +284,41 @@ def test_send_side_aggregates_rebuilt_equal_incremental(
     recompute(ctx)
     assert send_side() == incremental
     assert counters_snapshot(ctx.engine) == counters
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_visitor_lookups_follow_the_primary_key_as_a_rebuild_refills_them(ctx: Context) -> None:
+    """Statistics taken while a delivery had no visitors make PostgreSQL read every
+    visitor of the delivery for each (delivery, visitor) IN (...) lookup; the rebuild's
+    refresh lets the lookup descend the primary key for the ids it asks for."""
+    from sqlalchemy import text
+
+    from msgtrack.storage import tracking as store
+
+    with ctx.engine.begin() as conn:
+        d = add_delivery(conn)
+    with ctx.engine.connect() as conn:
+        conn.execute(text("ANALYZE delivery_visitors"))  # empty, as before a first rebuild
+        conn.commit()
+        with conn.begin():
+            conn.execute(
+                text(
+                    "INSERT INTO delivery_visitors (delivery_id, visitor_id, first_at) "
+                    "SELECT :d, 'v' || lpad(n::text, 6, '0'), :at "
+                    "FROM generate_series(0, 99999) AS n"
+                ),
+                {"d": d.id, "at": T0_BUCKET},
+            )
+            ids = ", ".join(f"'v{n:06d}'" for n in range(0, 100_000, 200))
+            lookup = (
+                "EXPLAIN SELECT * FROM delivery_visitors "
+                f"WHERE delivery_id = {d.id} AND visitor_id IN ({ids})"
+            )
+
+            def index_condition() -> str:
+                plan = "\n".join(r[0] for r in conn.execute(text(lookup)))
+                return next(line for line in plan.splitlines() if "Index Cond" in line)
+
+            assert "visitor_id" not in index_condition()  # the whole delivery, filtered
+            store.refresh_visitor_statistics(conn)
+            assert "visitor_id" in index_condition()  # 500 descents of the primary key

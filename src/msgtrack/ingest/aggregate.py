@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -50,16 +50,55 @@ class CountedEvent:
     user_agent: str | None = None
 
 
+@dataclass
+class HeldMessages:
+    """Message firsts and counts a rebuild holds instead of writing them page by page.
+
+    Recompute replays a delivery's events in time order, so a message's events fall on
+    many pages; written per page, each message row was rewritten once per page inside
+    one transaction (each rewrite a new row version on PostgreSQL). Held, a message is
+    written once per ``limit`` messages held: ``states`` is what the next page's firsts
+    compare with, ``rows`` what is not written yet. ``flush`` writes and forgets them.
+    """
+
+    limit: int = 100_000
+    states: dict[int, store.MessageState] = field(default_factory=dict)
+    # message id -> [first_event_at, first_click_at, opens, clicks]
+    rows: dict[int, list[Any]] = field(default_factory=dict)
+
+    def load(self, conn: Connection, ids: set[int]) -> dict[int, store.MessageState]:
+        self.states.update(store.message_states(conn, ids - self.states.keys()))
+        return self.states
+
+    def hold(self, touched: Mapping[int, list[Any]]) -> None:
+        for mid, (first_event, first_click, opens, clicks) in touched.items():
+            self.states[mid] = replace(
+                self.states[mid], first_event_at=first_event, first_click_at=first_click
+            )
+            row = self.rows.setdefault(mid, [None, None, 0, 0])
+            row[0], row[1] = first_event, first_click  # already the earliest of both
+            row[2] += opens
+            row[3] += clicks
+
+    def flush(self, conn: Connection) -> None:
+        _write_messages(conn, self.rows)
+        self.states.clear()
+        self.rows.clear()
+
+
 def apply_events(
     conn: Connection,
     events: Sequence[CountedEvent],
     extra: Mapping[int, Mapping[str, int]] | None = None,
     states: Mapping[int, store.MessageState] | None = None,
+    held: HeldMessages | None = None,
 ) -> None:
     """Move every counter for ``events``, which must be rows just inserted (never a
     replay of rows already counted). ``extra`` adds other per-delivery deltas (e.g.
     unsubscriptions) in the same update. ``states``: the events' messages as already
-    loaded in this transaction by the caller (loaded here otherwise)."""
+    loaded in this transaction by the caller (loaded here otherwise). ``held``: keep
+    the messages' firsts and counts there rather than writing them (recompute), and
+    read their states from there."""
     indicators: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(int))
     for delivery_id, delta in (extra or {}).items():
         for name, value in delta.items():
@@ -69,9 +108,8 @@ def apply_events(
     apply_agents(conn, events)  # browsers, OSes, devices and visitors
 
     if states is None:
-        states = store.message_states(
-            conn, {e.message_id for e in events if e.message_id is not None}
-        )
+        ids = {e.message_id for e in events if e.message_id is not None}
+        states = held.load(conn, ids) if held is not None else store.message_states(conn, ids)
     # message id -> [first_event_at, first_click_at, opens, clicks]
     touched: dict[int, list[Any]] = {}
     domains: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -140,6 +178,20 @@ def apply_events(
         buckets.move_first(state.delivery_id, "recipient_click", state.first_click_at, r[1])
     bucket_store.add_to_buckets(conn, buckets.deltas)
 
+    if held is None:
+        _write_messages(conn, touched)
+    else:
+        held.hold(touched)
+        if len(held.states) >= held.limit:
+            held.flush(conn)
+    store.ensure_indicator_rows(conn, indicators)
+    store.add_to_indicators(conn, indicators)
+    wanted = {k: (v[0], v[1]) for k, v in domains.items() if v[0] or v[1]}
+    store.ensure_domain_rows(conn, wanted)
+    store.add_to_domain_stats(conn, wanted)
+
+
+def _write_messages(conn: Connection, touched: Mapping[int, list[Any]]) -> None:
     store.update_message_aggregates(
         conn,
         [
@@ -153,11 +205,6 @@ def apply_events(
             for mid, r in sorted(touched.items())
         ],
     )
-    store.ensure_indicator_rows(conn, indicators)
-    store.add_to_indicators(conn, indicators)
-    wanted = {k: (v[0], v[1]) for k, v in domains.items() if v[0] or v[1]}
-    store.ensure_domain_rows(conn, wanted)
-    store.add_to_domain_stats(conn, wanted)
 
 
 class _Buckets:

@@ -20,18 +20,28 @@ from __future__ import annotations
 from sqlalchemy.engine import Connection
 
 from msgtrack.context import Context
-from msgtrack.ingest.aggregate import CountedEvent, apply_events
+from msgtrack.ingest.aggregate import CountedEvent, HeldMessages, apply_events
 from msgtrack.ingest.lock import ingest_lock
 from msgtrack.storage import send_stats
 from msgtrack.storage import tracking as store
 
 # An ingestion pass is short: wait for it rather than fail.
 LOCK_WAIT_SECONDS = 60.0
+BATCH_SIZE = 5000  # events per page
+HOLD_MESSAGES = 100_000  # messages held between writes: ~30 MB
 
 
-def recompute(ctx: Context, delivery_id: int | None = None, *, batch_size: int = 5000) -> None:
+def recompute(
+    ctx: Context,
+    delivery_id: int | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    hold: int = HOLD_MESSAGES,
+) -> None:
     """Rebuild one delivery (or all). Waits for a running ingestion to finish (raises
-    IngestBusy after ``LOCK_WAIT_SECONDS``); LookupError for an unknown delivery."""
+    IngestBusy after ``LOCK_WAIT_SECONDS``); LookupError for an unknown delivery.
+    ``batch_size`` events are replayed at a time; up to ``hold`` messages' totals are
+    kept in memory between writes (see ``HeldMessages``)."""
     with ingest_lock(ctx, wait=LOCK_WAIT_SECONDS) as conn:
         with conn.begin():
             if delivery_id is None:
@@ -42,10 +52,15 @@ def recompute(ctx: Context, delivery_id: int | None = None, *, batch_size: int =
                 raise LookupError(f"no delivery {delivery_id}")
         for one in ids:
             with conn.begin():
-                rebuild_delivery(conn, one, batch_size)
+                rebuild_delivery(conn, one, batch_size, hold)
 
 
-def rebuild_delivery(conn: Connection, delivery_id: int, batch_size: int = 5000) -> None:
+def rebuild_delivery(
+    conn: Connection,
+    delivery_id: int,
+    batch_size: int = BATCH_SIZE,
+    hold: int = HOLD_MESSAGES,
+) -> None:
     """Reset and recount one delivery inside the caller's transaction."""
     store.lock_indicator_row(conn, delivery_id)
     store.reset_event_aggregates(conn, delivery_id)
@@ -55,10 +70,16 @@ def rebuild_delivery(conn: Connection, delivery_id: int, batch_size: int = 5000)
         conn, delivery_id, store.unsubscribed_recipient_count(conn, delivery_id)
     )
     after = None
+    pages = 0
+    held = HeldMessages(limit=hold)
     while True:
         page = store.logged_events_page(conn, delivery_id, after, max(1, batch_size))
         if not page:
+            held.flush(conn)
             return
+        pages += 1
+        if pages & (pages - 1) == 0:  # pages 1, 2, 4, 8...: as the visitors double
+            store.refresh_visitor_statistics(conn)
         apply_events(
             conn,
             [
@@ -75,5 +96,6 @@ def rebuild_delivery(conn: Connection, delivery_id: int, batch_size: int = 5000)
                 )
                 for e in page
             ],
+            held=held,
         )
         after = (page[-1].at, page[-1].id)
