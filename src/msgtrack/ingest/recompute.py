@@ -12,7 +12,10 @@ rebuilt from yet and are kept as they are.
 
 It holds the ingestion lock (an ingestion moving counters mid-rebuild would be lost or
 counted twice) and rebuilds each delivery in one transaction, so readers never see a
-half-rebuilt delivery.
+half-rebuilt delivery. Within it, the messages' firsts and counts are held in memory
+from page to page and each message is written once (per ``HOLD_MESSAGES`` held), and on
+PostgreSQL the visitor tables are re-ANALYZEd as they refill (pages 1, 2, 4, ...), so
+their lookups keep to the primary key (``benchmarks/bench_recompute.py``).
 """
 
 from __future__ import annotations
