@@ -14,7 +14,7 @@ It holds the ingestion lock (an ingestion moving counters mid-rebuild would be l
 counted twice) and rebuilds each delivery in one transaction, so readers never see a
 half-rebuilt delivery. Within it, the messages' firsts and counts are held in memory
 from page to page and each message is written once (per ``HOLD_MESSAGES`` held), and on
-PostgreSQL the visitor tables are re-ANALYZEd as they refill (pages 1, 2, 4, ...), so
+PostgreSQL the visitor tables are re-ANALYZEd as they refill (pages 2, 4, 8, ...), so
 their lookups keep to the primary key (``benchmarks/bench_recompute.py``).
 """
 
@@ -81,8 +81,8 @@ def rebuild_delivery(
             held.flush(conn)
             return
         pages += 1
-        if pages & (pages - 1) == 0:  # pages 1, 2, 4, 8...: as the visitors double
-            store.refresh_visitor_statistics(conn)
+        if pages > 1 and pages & (pages - 1) == 0:  # pages 2, 4, 8...: as visitors double
+            store.refresh_visitor_statistics(conn)  # (a one-page delivery needs none)
         apply_events(
             conn,
             [

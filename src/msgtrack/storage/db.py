@@ -66,10 +66,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     # No server-side prepared statements (psycopg prepares a query from its 5th run):
     # PostgreSQL then plans every query with its values. A prepared query soon gets a
-    # generic plan costed from the statistics of when a delivery's tables were small,
-    # and a lookup by (delivery, visitor) IN (...) becomes a scan of the whole delivery
-    # for every batch (recompute ran 2.2x slower). Also what PgBouncer in transaction
-    # mode needs.
+    # generic plan, costed without them, and recompute ran 2-6x slower with those
+    # (benchmarks/RESULTS.md). Also what PgBouncer in transaction mode needs.
     connect_args = {"prepare_threshold": None, **kwargs.pop("connect_args", {})}
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
