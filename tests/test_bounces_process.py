@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from msgtrack.storage.schema import (
 )
 from msgtrack.storage.types import utcnow
 from tests.factories import add_delivery, add_message, add_recipient
-from tests.helpers import free_port, msgtrack, running
+from tests.helpers import free_port, msgtrack, running, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 PLACEHOLDER = b"aaaaaaaaaaaaaaaa"
@@ -297,14 +296,6 @@ def test_cli_process_quarantine_and_messages(
     shutil.rmtree(box)
 
 
-def _wait_for(condition: Any, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("not reached in time")
-        time.sleep(0.1)
-
-
 def test_serve_reads_the_bounce_mailbox(ctx: Context, env: dict[str, str], tmp_path: Path) -> None:
     """``msgtrack serve`` with MSGTRACK_BOUNCE_MAILBOX reads it by itself, pass after
     pass: a bounce that arrives while it runs is recorded and moved too."""
@@ -315,11 +306,11 @@ def test_serve_reads_the_bounce_mailbox(ctx: Context, env: dict[str, str], tmp_p
     env = {**env, "MSGTRACK_BOUNCE_MAILBOX": str(box), "MSGTRACK_BOUNCE_SCAN_INTERVAL": "0.2"}
     port = free_port()
     with running(env, "serve", "--port", str(port), port=port, output=tmp_path / "serve.log"):
-        _wait_for(lambda: _message(ctx, ann)["status"] == "failed")
+        assert wait_for(lambda: _message(ctx, ann)["status"] == "failed", 30)
         assert _message(ctx, bob)["status"] == "sent"
         (box / "new" / "2.bob").write_bytes(_bounce(ctx, fixture, bob, did, "bob@example.com"))
-        _wait_for(lambda: _message(ctx, bob)["status"] == "failed")
-        _wait_for(lambda: not any((box / "new").iterdir()))
+        assert wait_for(lambda: _message(ctx, bob)["status"] == "failed", 30)
+        assert wait_for(lambda: not any((box / "new").iterdir()), 30)
     assert sorted(p.name for p in (box / PROCESSED / "cur").iterdir()) == [
         "1.ann:2,S",
         "2.bob:2,S",
@@ -339,7 +330,7 @@ def test_serve_keeps_serving_when_the_bounce_mailbox_fails(
     port = free_port()
     log = tmp_path / "serve.log"
     with running(env, "serve", "--port", str(port), port=port, output=log):
-        _wait_for(lambda: "bounce mailbox pass failed" in log.read_text(errors="replace"))
+        assert wait_for(lambda: "bounce mailbox pass failed" in log.read_text(errors="replace"), 30)
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
     assert "no maildir at" in log.read_text(errors="replace")
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from msgtrack.tracking.eventlog import SEGMENT_NAME, EventLog, is_sealed, node_name, sealed_marker
 from msgtrack.tracking.events import Event, decode_event, encode_event, encode_hit
+from tests.helpers import wait_for
 
 
 def event(i: int, kind: str = "click") -> Event:
@@ -46,15 +47,6 @@ def read_events(directory: Path) -> list[Event]:
         assert not data or data.endswith(b"\n"), f"{path.name} ends inside a line"
         out += [decode_event(line) for line in data.splitlines()]
     return out
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_segment_name_lines_and_seal_on_close(tmp_path: Path) -> None:
